@@ -1,0 +1,39 @@
+# kcnn developer entry points. `make demo` and `make test` are all a new clone needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+KCNN   := $(VENV)/bin/kcnn
+STAMP  := $(VENV)/.kcnn-installed
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall when the dependency list changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Train the quickstart recipe on the bundled digits data, then evaluate that run.
+demo: install
+	@mkdir -p runs
+	$(KCNN) train recipes/quickstart.yaml | tee runs/.demo-train.log
+	$(KCNN) evaluate "$$(tail -n 1 runs/.demo-train.log)"
+
+# The full suite on TensorFlow, then the layer tests again on the JAX backend.
+test: install
+	$(PY) -m pytest -q
+	@if [ -d tests/layers ]; then KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers; fi
+
+lint: install
+	$(VENV)/bin/ruff check kcnn tests benchmarks
+
+bench: install
+	$(PY) benchmarks/layers.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

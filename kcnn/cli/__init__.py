@@ -1,0 +1,1 @@
+"""The ``kcnn`` command line (Typer). Heavy modules are imported inside commands."""

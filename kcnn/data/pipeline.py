@@ -1,0 +1,125 @@
+"""tf.data pipelines: sampler indices → gathered batches → augmentation → prefetch.
+
+Training batches are produced from the sampler's per-epoch index lists, so
+every epoch is reshuffled (or re-sampled) from a seeded RNG. Augmentation is a
+single fused affine warp per batch, whose random numbers are keyed by
+(seed, epoch, batch): a resumed run sees exactly the batches the uninterrupted
+run would have seen. (Keras' RandomTranslation/RandomRotation layers keep a
+running RNG state instead, which a resume cannot replay.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from kcnn.data.samplers import IndexSampler
+from kcnn.data.sources import Split
+from kcnn.recipes import schema as S
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def affine_params(augment: S.Augment, batch: int, height: int, width: int, seed) -> tf.Tensor:
+    """(batch, 8) projective transforms mapping output → input pixel coordinates.
+
+    Composes, per image: a shift (integer crop-with-padding plus fractional
+    translation), a rotation about the centre, and an optional horizontal flip.
+    """
+    u = tf.random.stateless_uniform([batch, 5], seed=seed, dtype=tf.float32)
+    zeros = tf.zeros([batch])
+    dx, dy = zeros, zeros
+    if augment.crop_padding:
+        p = float(augment.crop_padding)
+        dx += tf.floor(u[:, 0] * (2 * p + 1)) - p
+        dy += tf.floor(u[:, 1] * (2 * p + 1)) - p
+    if augment.translate:
+        dx += (u[:, 2] * 2 - 1) * augment.translate * width
+        dy += (u[:, 3] * 2 - 1) * augment.translate * height
+    theta = (u[:, 4] * 2 - 1) * (augment.rotate * math.pi / 180.0) if augment.rotate else zeros
+    if augment.flip:
+        flip_u = tf.random.stateless_uniform([batch], seed=seed + tf.constant([0, 7], seed.dtype))
+        sign = tf.where(flip_u < 0.5, -1.0, 1.0)
+    else:
+        sign = tf.ones([batch])
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    a0, a1 = sign * cos, -sign * sin
+    a2 = sign * (-cos * (dx + cx) + sin * (dy + cy)) + cx
+    b0, b1 = sin, cos
+    b2 = -sin * (dx + cx) - cos * (dy + cy) + cy
+    return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+
+
+def augment_batch(images: tf.Tensor, augment: S.Augment, seed: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(images)
+    height, width = int(images.shape[1]), int(images.shape[2])
+    transforms = affine_params(augment, shape[0], height, width, seed)
+    exact = not (augment.translate or augment.rotate)  # integer shifts and flips only
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.stack([height, width]),
+        fill_value=0.0,
+        interpolation="NEAREST" if exact else "BILINEAR",
+        fill_mode="CONSTANT",
+    )
+
+
+class EpochFeeder:
+    """Feeds sampler batches to tf.data and remembers the sampler state after each epoch."""
+
+    def __init__(self, sampler: IndexSampler, batch_size: int, start_epoch: int, epochs: int):
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.start_epoch = start_epoch
+        self.epochs = epochs
+        self.states: dict[int, dict[str, Any]] = {}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.num_batches(self.batch_size)
+
+    def __call__(self):
+        for epoch in range(self.start_epoch, self.epochs):
+            batches = self.sampler.batches(epoch, self.batch_size)
+            self.states[epoch] = self.sampler.state_dict()
+            for b, idx in enumerate(batches):
+                yield np.int64(epoch), np.int64(b), idx.astype(np.int64)
+
+
+def train_dataset(
+    split: Split,
+    feeder: EpochFeeder,
+    augment: S.Augment,
+    seed: int,
+) -> tf.data.Dataset:
+    """Batches for epochs ``feeder.start_epoch .. feeder.epochs - 1``, in order."""
+    images = tf.constant(split.x)
+    labels = tf.constant(split.y)
+    signature = (
+        tf.TensorSpec((), tf.int64),
+        tf.TensorSpec((), tf.int64),
+        tf.TensorSpec((None,), tf.int64),
+    )
+    ds = tf.data.Dataset.from_generator(feeder, output_signature=signature)
+
+    def load(epoch, batch, idx):
+        x = tf.cast(tf.gather(images, idx), tf.float32)
+        y = tf.gather(labels, idx)
+        if augment.enabled:
+            x = augment_batch(x, augment, tf.stack([tf.constant(seed, tf.int64), epoch * 100_003 + batch]))
+        return x, y
+
+    return ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
+
+
+def eval_dataset(split: Split, batch_size: int) -> tf.data.Dataset:
+    """Unshuffled batches of a split, for validation and evaluation."""
+    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y)).batch(batch_size)
+    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE).prefetch(
+        AUTOTUNE
+    )

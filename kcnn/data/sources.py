@@ -1,0 +1,227 @@
+"""Data sources → in-memory train/val/test arrays with a deterministic stratified split.
+
+Every source returns images as ``(N, H, W, C)`` arrays (uint8 or float32, raw
+pixel values: rescaling and standardization are part of the model) and integer
+labels ``(N,)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from kcnn.errors import DataError
+from kcnn.recipes import schema as S
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+@dataclasses.dataclass
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclasses.dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    class_names: list[str]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.train.x.shape[1:])
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split {name!r}; valid: train, val, test")
+        return getattr(self, name)
+
+
+# ----------------------------------------------------------------------------- sources
+def _digits(src: S.DigitsSource):
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.images.astype("float32")[..., None]  # values 0..16
+    if src.resize:
+        x = _resize(x, src.resize)
+    return x, bunch.target.astype("int64"), None, None, [str(c) for c in range(10)]
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    import keras
+
+    out = keras.ops.image.resize(x, (size, size), interpolation="bilinear", antialias=False)
+    return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
+
+
+def _npz(src: S.NpzSource):
+    path = Path(src.path)
+    if not path.is_file():
+        raise DataError(f"data.source.path: npz file not found: {path}")
+    try:
+        arrays = dict(np.load(path, allow_pickle=False))
+    except Exception as err:
+        raise DataError(f"{path}: cannot read npz file ({err})") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise DataError(f"{path}: missing array {key!r} (found: {', '.join(sorted(arrays))})")
+
+    def pair(xk: str, yk: str):
+        if (xk in arrays) != (yk in arrays):
+            raise DataError(f"{path}: {xk!r} and {yk!r} must be given together")
+        if xk not in arrays:
+            return None
+        x, y = _images(arrays[xk], f"{path}: {xk}"), np.asarray(arrays[yk])
+        if len(x) != len(y):
+            raise DataError(f"{path}: {xk!r} has {len(x)} samples but {yk!r} has {len(y)}")
+        return Split(x, _labels(y, f"{path}: {yk}"))
+
+    main, val, test = pair("x", "y"), pair("x_val", "y_val"), pair("x_test", "y_test")
+    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
+    return main.x, main.y, val, test, names
+
+
+def _images(x: np.ndarray, where: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4:
+        raise DataError(f"{where}: expected images of shape (N, H, W[, C]) (got {x.shape})")
+    if x.dtype != np.uint8:
+        x = x.astype("float32")
+    return x
+
+
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    y = np.asarray(y).reshape(-1) if np.asarray(y).ndim == 2 and np.asarray(y).shape[1] == 1 else y
+    if y.ndim != 1:
+        raise DataError(f"{where}: expected integer labels of shape (N,) (got {y.shape})")
+    if y.dtype.kind == "f":
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise DataError(f"{where}: labels must be integers (got non-integer values)")
+    elif y.dtype.kind not in "iub":
+        raise DataError(f"{where}: labels must be integers (got dtype {y.dtype})")
+    return y.astype("int64")
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _load_folder(root: Path, classes: list[str], src: S.DirectorySource) -> Split:
+    import keras
+
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        files = (
+            sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if folder.is_dir()
+            else []
+        )
+        if not files:
+            raise DataError(f"{folder}: class folder {name!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        for f in files:
+            try:
+                img = keras.utils.load_img(
+                    f, color_mode=src.color_mode, target_size=tuple(src.image_size)
+                )
+            except Exception as err:
+                raise DataError(f"{f}: unreadable image ({type(err).__name__}: {err})") from None
+            xs.append(np.asarray(keras.utils.img_to_array(img), dtype="uint8"))
+            ys.append(label)
+    return Split(np.stack(xs), np.asarray(ys, dtype="int64"))
+
+
+def _directory(src: S.DirectorySource):
+    root = Path(src.path)
+    if not root.is_dir():
+        raise DataError(f"data.source.path: image folder not found: {root}")
+    own = {p.name for p in _class_folders(root)} & {"train", "val", "test"}
+    base = root / "train" if "train" in own else root
+    classes = [p.name for p in _class_folders(base)]
+    if not classes:
+        raise DataError(f"{base}: no class sub-folders found (expected {base}/<class>/<image>)")
+    train = _load_folder(base, classes, src)
+    val = _load_folder(root / "val", classes, src) if "val" in own else None
+    test = _load_folder(root / "test", classes, src) if "test" in own else None
+    return train.x, train.y, val, test, classes
+
+
+def _keras(src: S.KerasSource):
+    import keras
+
+    module = getattr(keras.datasets, src.name)
+    try:
+        (x, y), (xt, yt) = module.load_data()
+    except Exception as err:
+        raise DataError(f"data.source: could not load keras dataset {src.name!r} ({err})") from None
+    return _images(x, src.name), _labels(y, src.name), None, Split(_images(xt, src.name), _labels(yt, src.name)), None
+
+
+_SOURCES = {"digits": _digits, "npz": _npz, "directory": _directory, "keras": _keras}
+
+
+# ----------------------------------------------------------------------------- split
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out) with ``fraction`` of each class held out."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    if fraction <= 0:
+        return idx, idx[:0]
+    counts = np.bincount(y)
+    present = counts[counts > 0]
+    n_held = int(np.ceil(fraction * len(y)))
+    # Stratify when every class can give a sample to both sides; tiny sets fall back to random.
+    ok = present.min() >= 2 and len(present) <= n_held <= len(y) - len(present)
+    stratify = y if ok else None
+    keep, held = train_test_split(idx, test_size=fraction, stratify=stratify, random_state=seed)
+    return np.sort(keep), np.sort(held)
+
+
+def load_dataset(data: S.Data) -> Dataset:
+    """Load the recipe's source and split it.
+
+    A source without its own test split loses ``split.test`` of each class to
+    the test set (``random_state=split.seed``; for digits with the defaults this
+    is scikit-learn's usual 25% stratified split with ``random_state=0``); val is
+    then split off the rest the same way.
+    """
+    x, y, val, test, names = _SOURCES[data.source.type](data.source)
+    given = [("train", y)] + [(n, s.y) for n, s in (("val", val), ("test", test)) if s is not None]
+    num_classes = data.num_classes or int(max(labels.max(initial=-1) for _, labels in given) + 1)
+    for split_name, labels in given:
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if len(bad):
+            raise DataError(
+                f"data: {split_name} label {bad[0]} is outside 0..{num_classes - 1} "
+                f"(data.num_classes = {num_classes})"
+            )
+    if test is None:
+        keep, held = stratified_split(y, data.split.test, data.split.seed)
+        test = Split(x[held], y[held])
+        x, y = x[keep], y[keep]
+    if val is None:
+        keep, held = stratified_split(y, data.split.val, data.split.seed)
+        val = Split(x[held], y[held])
+        x, y = x[keep], y[keep]
+    train = Split(x, y)
+    for split_name, split in (("val", val), ("test", test)):
+        if split.x.shape[1:] != train.x.shape[1:]:
+            raise DataError(
+                f"data: {split_name} images have shape {split.x.shape[1:]}, train {train.x.shape[1:]}"
+            )
+    if len(train) == 0:
+        raise DataError("data: the training split is empty")
+    if names is None or len(names) != num_classes:
+        names = [str(c) for c in range(num_classes)]
+    return Dataset(train, val, test, num_classes, names)

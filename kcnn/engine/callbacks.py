@@ -1,0 +1,114 @@
+"""Keras callbacks that keep a run directory consistent after every epoch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+import keras
+import numpy as np
+
+from kcnn.engine.rundir import RunDir
+from kcnn.io import atomic_path, write_text
+
+
+def _scalar(value: Any) -> float:
+    return float(np.asarray(keras.ops.convert_to_numpy(value)))
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Per epoch: history, best ``model.keras``, weights checkpoint, state; early stopping.
+
+    Written by hand rather than with ModelCheckpoint + CSVLogger +
+    BackupAndRestore because the run must commit all of these together
+    (``state.json`` last) so that a ``kill -9`` at any moment leaves a run that
+    resumes, with the sampler state and best metric included.
+
+    Also stops on a NaN/inf loss and records where it happened.
+    """
+
+    def __init__(self, run: RunDir, *, state: dict[str, Any], monitor: str, feeder,
+                 patience: int | None = None, min_delta: float = 0.0, plots: bool = True):
+        super().__init__()
+        self.run = run
+        self.monitor = monitor
+        self.mode = "min" if monitor.endswith("loss") else "max"
+        self.feeder = feeder
+        self.patience = patience
+        self.min_delta = min_delta
+        self.plots = plots
+        self.history: list[dict[str, Any]] = list(state.get("history", []))
+        self.best: float | None = state.get("best")
+        self.best_epoch: int | None = state.get("best_epoch")
+        self.nan_at: tuple[int, int] | None = None
+        self.early_stopped_at: int | None = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(_scalar(loss)):
+            self.nan_at = (self._epoch, batch)
+            self.model.stop_training = True
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.nan_at is not None:
+            return  # never commit an epoch that diverged
+        row = {"epoch": epoch}
+        row.update({k: _scalar(v) for k, v in (logs or {}).items()})
+        row["learning_rate"] = _scalar(self.model.optimizer.learning_rate)
+        self.history.append(row)
+
+        value = row.get(self.monitor)
+        if value is None:
+            value = row.get(self.monitor.removeprefix("val_"))
+        if value is not None and self._improved(value):
+            self.best, self.best_epoch = value, epoch
+            with atomic_path(self.run.model) as tmp:
+                self.model.save(tmp)
+
+        ckpt = f"epoch-{epoch + 1:04d}.weights.h5"
+        with atomic_path(self.run.checkpoints / ckpt, suffix=".weights.h5") as tmp:
+            self.model.save_weights(tmp)
+        self.run.write_state({
+            "epoch": epoch + 1,
+            "checkpoint": ckpt,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "monitor": self.monitor,
+            "sampler": self.feeder.states.get(epoch, {}),
+            "history": self.history,
+        })
+        self.run.prune_checkpoints(keep=ckpt)
+        write_history_csv(self.run, self.history)
+        if self.plots:
+            from kcnn.viz.plots import training_curves
+
+            training_curves(self.history, self.run.plots / "curves.png")
+
+        if self.patience is not None and self.best_epoch is not None:
+            if epoch - self.best_epoch >= self.patience:
+                self.early_stopped_at = epoch
+                self.model.stop_training = True
+
+
+def write_history_csv(run: RunDir, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(run.history, buf.getvalue())

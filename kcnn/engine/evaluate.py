@@ -1,0 +1,152 @@
+"""Evaluation: a model (run dir, .keras) on a data split → metrics.json + plots.
+
+Metrics come from scikit-learn. ``metrics.json`` keys: accuracy,
+balanced_accuracy, macro_f1, loss, per_class, confusion_matrix (plus split,
+num_samples and model for provenance).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kcnn.data.sources import Dataset, load_dataset
+from kcnn.engine.rundir import RunDir
+from kcnn.errors import KcnnError, RunDirError
+from kcnn.io import write_json
+from kcnn.recipes import load as load_recipe
+from kcnn.recipes.schema import Recipe
+
+
+def classification_metrics(y: np.ndarray, logits: np.ndarray, class_names: list[str],
+                           loss: float | None) -> dict[str, Any]:
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
+    labels = list(range(len(class_names)))
+    pred = np.argmax(logits, axis=-1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, pred, labels=labels, zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "loss": None if loss is None else float(loss),
+        "per_class": [
+            {"class": name, "precision": float(p), "recall": float(r), "f1": float(f),
+             "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+        ],
+        "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
+    }
+
+
+def predict_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    from kcnn.data.pipeline import eval_dataset
+    from kcnn.data.sources import Split
+
+    ds = eval_dataset(Split(x, np.zeros(len(x), "int64")), batch_size).map(lambda a, b: a)
+    return np.asarray(model.predict(ds, verbose=0), dtype="float32")
+
+
+def evaluate_keras_model(model, recipe: Recipe, data: Dataset, split: str) -> dict[str, Any]:
+    from keras import ops
+
+    from kcnn.losses import make_loss
+
+    part = data.split(split)
+    if len(part) == 0:
+        raise KcnnError(f"the {split} split is empty; choose another with --split")
+    logits = predict_logits(model, part.x, recipe.train.batch_size)
+    loss_fn = make_loss(recipe.train.loss, data.num_classes)
+    loss = float(ops.convert_to_numpy(loss_fn(part.y, logits)))
+    metrics = classification_metrics(part.y, logits, data.class_names, loss)
+    return {**metrics, "split": split, "num_samples": int(len(part))}
+
+
+def write_metrics(metrics: dict[str, Any], path: Path, plots_dir: Path | None,
+                  class_names: list[str], title: str) -> None:
+    write_json(path, metrics)
+    if plots_dir is not None:
+        from kcnn.viz.plots import confusion_matrix
+
+        split = metrics.get("split", "test")
+        name = "confusion_matrix.png" if split == "test" else f"confusion_matrix_{split}.png"
+        confusion_matrix(np.asarray(metrics["confusion_matrix"]), class_names,
+                         plots_dir / name, title=title)
+
+
+def _load_keras(path: Path):
+    import keras
+
+    import kcnn.engine.optim  # noqa: F401
+    import kcnn.layers  # noqa: F401  (registers custom layers for deserialization)
+    import kcnn.losses.basic  # noqa: F401
+
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:
+        raise KcnnError(f"{path}: cannot load Keras model ({type(err).__name__}: {err})") from None
+
+
+def evaluate(target: str | Path, *, recipe_path: str | Path | None = None, split: str | None = None,
+             write: bool = True) -> dict[str, Any]:
+    """Evaluate a run dir or a ``.keras`` file; write metrics.json (and plots) beside it."""
+    target = Path(target)
+    if target.is_dir():
+        run = RunDir.open(target)
+        if not run.model.is_file():
+            raise RunDirError(f"{target}: run has no model.keras yet (did training finish an epoch?)")
+        model_path, out_dir = run.model, run.path
+        recipe = load_recipe(recipe_path) if recipe_path else load_recipe(run.recipe)
+    elif target.suffix == ".keras":
+        if not target.is_file():
+            raise KcnnError(f"{target}: model file not found")
+        run_recipe = target.parent / "recipe.yaml"
+        if recipe_path is None and not run_recipe.is_file():
+            raise KcnnError(f"{target}: --recipe is required to know which data to evaluate on")
+        recipe = load_recipe(recipe_path or run_recipe)
+        model_path, out_dir = target, target.parent
+        run = RunDir(out_dir) if run_recipe.is_file() else None
+    elif target.suffix == ".tflite":
+        raise KcnnError(f"{target}: evaluating .tflite files comes with `kcnn export` support")
+    else:
+        raise KcnnError(f"{target}: expected a run directory, a .keras or a .tflite file")
+    split = split or recipe.evaluate.split
+    data = load_dataset(recipe.data)
+    model = _load_keras(model_path)
+    metrics = evaluate_keras_model(model, recipe, data, split)
+    metrics["model"] = str(model_path)
+    if write:
+        if run is not None:
+            path, plots = run.metrics_for(split), (run.plots if recipe.evaluate.plots else None)
+        else:
+            path, plots = out_dir / f"{model_path.stem}.metrics_{split}.json", None
+        write_metrics(metrics, path, plots, data.class_names, f"{recipe.name} — {split}")
+        metrics["written_to"] = str(path)
+    return metrics
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """A short human-readable summary with a per-class table."""
+    lines = [
+        f"split: {metrics.get('split')}  samples: {metrics.get('num_samples')}",
+        f"accuracy {metrics['accuracy']:.4f}  balanced_accuracy {metrics['balanced_accuracy']:.4f}  "
+        f"macro_f1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}",
+        "",
+        f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}",
+    ]
+    for row in metrics["per_class"]:
+        lines.append(
+            f"{row['class']:>12} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:6.3f} "
+            f"{row['support']:7d}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,328 @@
+"""Deformable convolution, v1 (Dai et al., 2017)."""
+
+from __future__ import annotations
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from kcnn.layers._utils import (
+    conv_output_length,
+    from_channels_last,
+    normalize_tuple,
+    same_padding_amounts,
+    spatial_shape,
+    standardize_data_format,
+    standardize_padding,
+    to_channels_last,
+)
+
+
+@keras.saving.register_keras_serializable(package="kcnn")
+class DeformableConv2D(keras.layers.Layer):
+    """2D deformable convolution (v1).
+
+    A regular convolution samples the input on a fixed grid
+    ``G = {(u * d_h, v * d_w)}``, ``0 <= u < k_h``, ``0 <= v < k_w``, around
+    each output position ``p_0``. A deformable convolution shifts every grid
+    point by a learned, position-dependent offset:
+
+    ```
+    y(p_0) = sum_{g in G} w(g) * x(p_0 + g + dp_g(p_0))
+    ```
+
+    The offsets ``dp`` (``2 * k_h * k_w`` numbers per output position, in the
+    order ``(dy_0, dx_0, dy_1, dx_1, ...)`` with grid points in row-major
+    order) come from a regular convolution of the same input with the same
+    kernel size, strides, padding and dilation. Its kernel and bias start at
+    zero, so an untrained layer equals ``Conv2D`` with the same kernel.
+    ``x`` at fractional positions is interpolated bilinearly, and positions
+    outside the image read zeros (as the zero padding of a convolution).
+
+    Implementation: the four bilinear neighbours of a position are fetched
+    with one ``take`` from a tensor that holds, at each pixel, the pixel and
+    its right, lower and lower-right neighbours; the weighted samples
+    ``(batch, out_h, out_w, k_h * k_w, channels)`` then meet the kernel in
+    one matrix product. The sampling runs in float32 whatever the dtype
+    policy. Memory grows as ``k_h * k_w`` times the input (im2col), so
+    this layer is meant for a few late layers of a network, as in the paper.
+
+    Args:
+        filters: Positive integer, the number of output channels.
+        kernel_size: Integer or tuple of 2 integers.
+        strides: Integer or tuple of 2 integers. Defaults to 1.
+        padding: ``"valid"`` or ``"same"``. Defaults to ``"valid"``.
+        dilation_rate: Integer or tuple of 2 integers, the spacing of the
+            regular grid before deformation. Defaults to 1.
+        use_bias: Whether to add a bias. Defaults to True.
+        activation: Activation applied to the output. Defaults to None.
+        data_format: ``"channels_last"`` or ``"channels_first"``; ``None``
+            uses ``keras.config.image_data_format()``.
+        kernel_initializer: Initializer of the kernel. Defaults to
+            ``"glorot_uniform"``.
+        bias_initializer: Initializer of the bias. Defaults to ``"zeros"``.
+        kernel_regularizer: Optional regularizer of the kernel.
+        bias_regularizer: Optional regularizer of the bias.
+        offset_kernel_initializer: Initializer of the offset convolution's
+            kernel. Defaults to ``"zeros"`` (the paper's choice).
+        offset_kernel_regularizer: Optional regularizer of the offset kernel.
+        **kwargs: Base layer keyword arguments, such as ``name`` and ``dtype``.
+
+    Call arguments:
+        inputs: A 4D tensor.
+
+    Input shape:
+        ``(batch, height, width, channels)`` for ``"channels_last"``,
+        ``(batch, channels, height, width)`` for ``"channels_first"``.
+
+    Output shape:
+        ``(batch, out_height, out_width, filters)`` (channels last), the
+        spatial size being that of ``Conv2D`` with the same arguments.
+
+    Example:
+
+    >>> x = keras.random.normal((2, 8, 8, 4))
+    >>> DeformableConv2D(8, 3, padding="same")(x).shape
+    (2, 8, 8, 8)
+
+    Reference:
+        - [Dai, Qi, Xiong, Li, Zhang, Hu & Wei, 2017. Deformable
+          Convolutional Networks](https://arxiv.org/abs/1703.06211)
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        dilation_rate=1,
+        use_bias=True,
+        activation=None,
+        data_format=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        offset_kernel_initializer="zeros",
+        offset_kernel_regularizer=None,
+        **kwargs,
+    ):
+        if not isinstance(filters, numbers.Integral) or isinstance(filters, bool) or filters <= 0:
+            raise ValueError(
+                f"`filters` must be a positive integer. Received: filters={filters!r}"
+            )
+        kernel_size = normalize_tuple(kernel_size, 2, "kernel_size")
+        strides = normalize_tuple(strides, 2, "strides")
+        padding = standardize_padding(padding)
+        dilation_rate = normalize_tuple(dilation_rate, 2, "dilation_rate")
+        if strides != (1, 1) and dilation_rate != (1, 1):
+            raise ValueError(
+                "`strides > 1` is not supported together with `dilation_rate > 1`. "
+                f"Received: strides={strides}, dilation_rate={dilation_rate}"
+            )
+        if not isinstance(use_bias, bool):
+            raise ValueError(f"`use_bias` must be a boolean. Received: use_bias={use_bias!r}")
+        data_format = standardize_data_format(data_format)
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding
+        self.dilation_rate = dilation_rate
+        self.use_bias = use_bias
+        self.activation = keras.activations.get(activation)
+        self.data_format = data_format
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.offset_kernel_initializer = keras.initializers.get(offset_kernel_initializer)
+        self.offset_kernel_regularizer = keras.regularizers.get(offset_kernel_regularizer)
+        self._channel_axis = -1 if data_format == "channels_last" else 1
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                "The channel axis of the input must have a known size. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+        height, width = self._spatial(input_shape)
+        if self.padding == "valid":
+            for size, kernel, dilation, name in (
+                (height, self.kernel_size[0], self.dilation_rate[0], "height"),
+                (width, self.kernel_size[1], self.dilation_rate[1], "width"),
+            ):
+                if size is not None and size < (kernel - 1) * dilation + 1:
+                    raise ValueError(
+                        f"With padding='valid' the input {name} must be at least the "
+                        "dilated kernel size. "
+                        f"Received: input_shape={tuple(input_shape)}"
+                    )
+        kh, kw = self.kernel_size
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(kh, kw, channels, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias",
+                shape=(self.filters,),
+                initializer=self.bias_initializer,
+                regularizer=self.bias_regularizer,
+            )
+        else:
+            self.bias = None
+        self.offset_kernel = self.add_weight(
+            name="offset_kernel",
+            shape=(kh, kw, channels, 2 * kh * kw),
+            initializer=self.offset_kernel_initializer,
+            regularizer=self.offset_kernel_regularizer,
+        )
+        self.offset_bias = self.add_weight(
+            name="offset_bias", shape=(2 * kh * kw,), initializer="zeros"
+        )
+        # Grid point k = u * kw + v sits at (u * dh, v * dw) from the window's corner.
+        u, v = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
+        self._grid_y = (u.reshape(-1) * self.dilation_rate[0]).astype("float32")
+        self._grid_x = (v.reshape(-1) * self.dilation_rate[1]).astype("float32")
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
+
+    def _spatial(self, shape):
+        if self.data_format == "channels_first":
+            return shape[2], shape[3]
+        return shape[1], shape[2]
+
+    def call(self, inputs):
+        x = to_channels_last(inputs, self.data_format)
+        offsets = ops.conv(
+            x,
+            self.offset_kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format="channels_last",
+        )
+        offsets = ops.cast(offsets + self.offset_bias, "float32")
+        samples = self._sample(ops.cast(x, "float32"), offsets)
+        samples = ops.cast(samples, self.compute_dtype)
+        # samples: (batch, oh, ow, K, C) -> (batch, oh, ow, K * C), matching
+        # the kernel reshaped from (kh, kw, C, filters) to (K * C, filters).
+        batch, out_h, out_w = ops.shape(offsets)[0], ops.shape(offsets)[1], ops.shape(offsets)[2]
+        kh, kw = self.kernel_size
+        channels = x.shape[-1]
+        patches = ops.reshape(samples, (batch, out_h, out_w, kh * kw * channels))
+        kernel = ops.reshape(self.kernel, (kh * kw * channels, self.filters))
+        outputs = ops.matmul(patches, kernel)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        outputs = self.activation(outputs)
+        return from_channels_last(outputs, self.data_format)
+
+    def _sample(self, x, offsets):
+        """Bilinear samples of ``x`` at the deformed grid, ``(B, oh, ow, K, C)``."""
+        height, width = spatial_shape(x)
+        shape = ops.shape(offsets)
+        batch, out_h, out_w = shape[0], shape[1], shape[2]
+        kh, kw = self.kernel_size
+        sh, sw = self.strides
+        if self.padding == "same":
+            top, _ = same_padding_amounts(height, kh, sh, self.dilation_rate[0])
+            left, _ = same_padding_amounts(width, kw, sw, self.dilation_rate[1])
+        else:
+            top = left = 0
+
+        # Regular grid: output (i, j), point k -> (i*sh - top + gy_k, j*sw - left + gx_k).
+        rows = ops.cast(ops.arange(out_h) * sh - top, "float32")
+        cols = ops.cast(ops.arange(out_w) * sw - left, "float32")
+        offsets = ops.reshape(offsets, (batch, out_h, out_w, kh * kw, 2))
+        pos_y = rows[:, None, None] + ops.convert_to_tensor(self._grid_y) + offsets[..., 0]
+        pos_x = cols[None, :, None] + ops.convert_to_tensor(self._grid_x) + offsets[..., 1]
+
+        y0 = ops.floor(pos_y)
+        x0 = ops.floor(pos_x)
+        wy = pos_y - y0  # weight of the lower neighbour row (y0 + 1)
+        wx = pos_x - x0  # weight of the right neighbour column (x0 + 1)
+
+        # Pixel (r, c) of `quads` holds, channel-concatenated, the input at
+        # (r-1, c-1), (r-1, c), (r, c-1), (r, c) of the zero-bordered input:
+        # the four neighbours of any position whose floor is (r-1, c-1).
+        # Positions with floor in [-1, H-1] x [-1, W-1] have at least one
+        # neighbour inside the image; all others read zeros.
+        padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        quads = ops.concatenate(
+            [
+                padded[:, :-1, :-1, :],
+                padded[:, :-1, 1:, :],
+                padded[:, 1:, :-1, :],
+                padded[:, 1:, 1:, :],
+            ],
+            axis=-1,
+        )
+        channels = x.shape[-1]
+        quads = ops.reshape(quads, (-1, 4 * channels))
+
+        inside = (y0 >= -1) & (y0 <= ops.cast(height - 1, "float32"))
+        inside = inside & (x0 >= -1) & (x0 <= ops.cast(width - 1, "float32"))
+        row = ops.cast(ops.clip(y0 + 1, 0, ops.cast(height, "float32")), "int32")
+        col = ops.cast(ops.clip(x0 + 1, 0, ops.cast(width, "float32")), "int32")
+        image = ops.arange(batch, dtype="int32")[:, None, None, None]
+        index = (image * (height + 1) + row) * (width + 1) + col
+        neighbours = ops.take(quads, ops.reshape(index, (-1,)), axis=0)
+        neighbours = ops.reshape(neighbours, (batch, out_h, out_w, kh * kw, 4, channels))
+
+        inside = ops.cast(inside, "float32")
+        weights = ops.stack(
+            [
+                (1.0 - wy) * (1.0 - wx),
+                (1.0 - wy) * wx,
+                wy * (1.0 - wx),
+                wy * wx,
+            ],
+            axis=-1,
+        ) * inside[..., None]
+        return ops.sum(neighbours * weights[..., None], axis=-2)
+
+    def compute_output_shape(self, input_shape):
+        height, width = self._spatial(input_shape)
+        out_h = conv_output_length(
+            height, self.kernel_size[0], self.strides[0], self.padding, self.dilation_rate[0]
+        )
+        out_w = conv_output_length(
+            width, self.kernel_size[1], self.strides[1], self.padding, self.dilation_rate[1]
+        )
+        if self.data_format == "channels_first":
+            return (input_shape[0], self.filters, out_h, out_w)
+        return (input_shape[0], out_h, out_w, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "dilation_rate": self.dilation_rate,
+                "use_bias": self.use_bias,
+                "activation": keras.activations.serialize(self.activation),
+                "data_format": self.data_format,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+                "offset_kernel_initializer": keras.initializers.serialize(
+                    self.offset_kernel_initializer
+                ),
+                "offset_kernel_regularizer": keras.regularizers.serialize(
+                    self.offset_kernel_regularizer
+                ),
+            }
+        )
+        return config

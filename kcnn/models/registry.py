@@ -1,0 +1,50 @@
+"""Model registry (timm style): thin registered entrypoints → keras.Model.
+
+Entry points and their modules never import Keras at module level, so listing
+models or validating a recipe stays fast and TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kcnn.registry import Registry
+
+MODELS: Registry[Callable[..., Any]] = Registry("model")
+
+# Arguments every builder receives from the engine rather than from the recipe.
+ENGINE_ARGS = ("preprocessing",)
+
+
+def register_model(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Register a builder under its function name."""
+    return MODELS.register(fn.__name__)(fn)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def builder_params(name: str) -> list[str]:
+    """Names of the recipe-settable arguments of a registered builder."""
+    sig = inspect.signature(MODELS.get(name))
+    return [p for p in sig.parameters if p not in ENGINE_ARGS]
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: Sequence[int],
+    preprocessing: Sequence[Any] | None = None,
+    **kwargs: Any,
+):
+    """Build a registered model; ``preprocessing`` layers run first (rescale, standardize)."""
+    return MODELS.get(name)(
+        num_classes=num_classes,
+        input_shape=tuple(input_shape),
+        preprocessing=list(preprocessing or []),
+        **kwargs,
+    )

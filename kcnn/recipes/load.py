@@ -1,0 +1,336 @@
+"""Recipe loading: YAML (safe_load) → ``extends`` merge → ``--set`` overrides → Recipe.
+
+Every problem becomes a :class:`~kcnn.errors.RecipeError` whose lines read
+``recipes/x.yaml: train.optimizer.lr: must be > 0 (got -1)``.
+
+No TensorFlow or Keras import happens here.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from kcnn.errors import RecipeError
+from kcnn.recipes import schema as S
+from kcnn.registry import did_you_mean
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+# ----------------------------------------------------------------------------- YAML
+def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError("file not found" if not path.exists() else "not a file", file=shown)
+    text = path.read_text(encoding="utf-8")
+    return _parse_yaml(text, shown)
+
+
+def _parse_yaml(text: str, shown: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as err:
+        tag = err.problem.split("tag", 1)[-1].strip(" '") if err.problem else "?"
+        line = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
+        raise RecipeError(
+            f"{line}unsafe or unknown YAML tag {tag!r} refused (recipes are read with safe_load)",
+            file=shown,
+        ) from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(f"{where}YAML syntax error: {err.problem or err}", file=shown) from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"YAML error: {err}", file=shown) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"a recipe must be a mapping (got {type(data).__name__})", file=shown)
+    return data
+
+
+# ----------------------------------------------------------------------------- merging
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``over`` into a copy of ``base``: mappings merge key by key, anything
+    else is replaced. A mapping whose ``type`` differs from the base's replaces it
+    whole (``adam`` options make no sense for ``sgd``)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if (
+            isinstance(old, dict)
+            and isinstance(value, dict)
+            and not ("type" in value and "type" in old and value["type"] != old["type"])
+        ):
+            out[key] = deep_merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _shown(path: Path) -> str:
+    """A path as the user should see it: relative to the working dir when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _resolve_extends(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    shown = _shown(path)
+    real = path.resolve()
+    if real in chain:
+        cycle = " -> ".join(_shown(p) for p in (*chain[chain.index(real) :], real))
+        raise RecipeError(f"extends cycle: {cycle}", file=_shown(chain[-1]), key="extends")
+    data = _read_yaml(path, shown)
+    bases = data.pop("extends", None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise RecipeError(f"must be a path or a list of paths (got {bases!r})", shown, "extends")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = (path.parent / base)
+        if not base_path.exists():
+            raise RecipeError(f"base recipe not found: {base}", file=shown, key="extends")
+        merged = deep_merge(merged, _resolve_extends(base_path, (*chain, real)))
+    return deep_merge(merged, data)
+
+
+# ----------------------------------------------------------------------------- --set
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.optimizer.lr=0.01"`` → (["train", "optimizer", "lr"], 0.01)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"expected key.path=value (got {item!r})", file="--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"value is not valid YAML: {err}", file="--set", key=key) from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict, list[str]]:
+    data = copy.deepcopy(data)
+    keys = []
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise RecipeError(
+                    f"{'.'.join(path[: i + 1])} is not a section (it is {nxt!r})",
+                    file="--set",
+                    key=".".join(path),
+                )
+            node = nxt
+        if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+            node[path[-1]] = deep_merge(node[path[-1]], value)
+        else:
+            node[path[-1]] = value
+        keys.append(".".join(path))
+    return data, keys
+
+
+# ----------------------------------------------------------------------------- errors
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional/Annotated/list wrappers down to a model class or a union."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) == 1:
+                annotation = args[0]
+            else:
+                return annotation
+        else:
+            return annotation
+
+
+def _clean_loc(loc: tuple, data: Any) -> tuple[list[str], type[BaseModel] | None]:
+    """Drop discriminator tags from a pydantic error location.
+
+    Returns the dotted key parts and the model class that owns the last key.
+    """
+    parts: list[str] = []
+    model: Any = S.Recipe
+    owner: type[BaseModel] | None = S.Recipe
+    node = data
+    i = 0
+    while i < len(loc):
+        item = loc[i]
+        parts.append(str(item))
+        owner = model if isinstance(model, type) and issubclass(model, BaseModel) else None
+        field = owner.model_fields.get(item) if owner and isinstance(item, str) else None
+        node = node.get(item) if isinstance(node, dict) else None
+        model = _unwrap(field.annotation) if field else None
+        if typing.get_origin(model) in (typing.Union, types.UnionType) and i + 1 < len(loc):
+            tag = loc[i + 1]
+            for cls in typing.get_args(model):
+                if isinstance(cls, type) and issubclass(cls, BaseModel):
+                    if tag in typing.get_args(cls.model_fields["type"].annotation):
+                        model = cls
+                        i += 1  # skip the tag
+                        break
+        i += 1
+    return parts, owner
+
+
+def _fmt_value(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_COMPARE = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+
+
+def _message(err: dict[str, Any], parts: list[str], owner: type[BaseModel] | None) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = f" (got {_fmt_value(err.get('input'))})"
+    if kind in _COMPARE:
+        sym, key = _COMPARE[kind]
+        bound = ctx[key]
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return f"must be {sym} {bound}{got}"
+    if kind == "extra_forbidden":
+        valid = sorted(owner.model_fields) if owner else []
+        return f"unknown key{did_you_mean(parts[-1], valid)}; valid keys: {', '.join(valid)}"
+    if kind == "union_tag_invalid":
+        what = S.SECTION_KINDS.get(parts[-1], parts[-1])
+        expected = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        return (
+            f"unknown {what} {ctx.get('tag')!r}{did_you_mean(str(ctx.get('tag')), expected)}; "
+            f"valid names: {', '.join(expected)}"
+        )
+    if kind == "union_tag_not_found":
+        what = S.SECTION_KINDS.get(parts[-1], parts[-1])
+        return f"missing 'type' naming the {what}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}{got}"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')}{got}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    msg = err["msg"]
+    return msg[0].lower() + msg[1:] + got
+
+
+def _validation_error(exc: ValidationError, data: dict, file: str, set_keys: list[str]):
+    lines = []
+    for err in exc.errors():
+        parts, owner = _clean_loc(err["loc"], data)
+        key = ".".join(parts)
+        origin = file
+        if any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in set_keys):
+            origin = "--set"
+        lines.append(str(RecipeError(_message(err, parts, owner), file=origin, key=key or None)))
+    return RecipeError("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------- checks
+def check_model(recipe: S.Recipe, file: str) -> None:
+    """Model name and arguments against the registry (without importing Keras)."""
+    from kcnn import models
+
+    spec = recipe.model
+    try:
+        params = models.builder_params(spec.name)
+    except Exception as err:  # KcnnError from the registry
+        raise RecipeError(str(err), file=file, key="model.name") from None
+    for key in spec.kwargs:
+        if key not in params:
+            raise RecipeError(
+                f"unknown argument for model {spec.name!r}{did_you_mean(key, params)}; "
+                f"valid: {', '.join(params)}",
+                file=file,
+                key=f"model.{key}",
+            )
+
+
+# ----------------------------------------------------------------------------- public API
+def resolve_path(path: str | Path) -> Path:
+    """A recipe path as given, or the name of a bundled recipe (``quickstart``)."""
+    p = Path(path)
+    if not p.exists() and not p.suffix and (RECIPES_DIR / f"{p}.yaml").exists():
+        return RECIPES_DIR / f"{p}.yaml"
+    return p
+
+
+def load_dict(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, list[str]]:
+    """The merged, overridden recipe as a plain dict (not yet validated)."""
+    data = _resolve_extends(resolve_path(path))
+    return apply_overrides(data, list(overrides or []))
+
+
+def from_dict(data: dict[str, Any], file: str = "<recipe>", set_keys: list[str] = ()) -> S.Recipe:
+    try:
+        recipe = S.Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, data, file, list(set_keys)) from None
+    check_model(recipe, file)
+    return recipe
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> S.Recipe:
+    """Read, merge, override and validate a recipe file."""
+    path = resolve_path(path)
+    data, set_keys = load_dict(path, overrides)
+    _absolute_data_path(data, path.resolve().parent)
+    return from_dict(data, _shown(path), set_keys)
+
+
+def _absolute_data_path(data: dict[str, Any], base: Path) -> None:
+    """Make ``data.source.path`` absolute: relative to the recipe file when it exists
+    there, else to the working directory. The run's recipe.yaml then works anywhere."""
+    source = (data.get("data") or {}).get("source")
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        p = Path(source["path"]).expanduser()
+        if not p.is_absolute():
+            p = base / p if (base / p).exists() else Path.cwd() / p
+        source["path"] = str(p.resolve())
+
+
+def loads(text: str, file: str = "<string>") -> S.Recipe:
+    """Validate a recipe from YAML text (no ``extends``)."""
+    data = _parse_yaml(text, file)
+    if "extends" in data:
+        raise RecipeError("extends is only allowed in recipe files", file=file, key="extends")
+    return from_dict(data, file)
+
+
+def dump(recipe: S.Recipe) -> str:
+    """YAML text of a resolved recipe; ``loads(dump(r)) == r``."""
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def describe(path: Path) -> str:
+    """The one-line description of a recipe file, without validating it."""
+    try:
+        data = _resolve_extends(path)
+    except RecipeError:
+        return "(invalid)"
+    return str(data.get("description", "")).strip().splitlines()[0] if data.get("description") else ""

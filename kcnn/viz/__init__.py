@@ -1,0 +1,1 @@
+"""Plots and visualisations (matplotlib, Agg backend)."""
