@@ -24,10 +24,13 @@ demo: install
 	$(KCNN) train recipes/quickstart.yaml | tee runs/.demo-train.log
 	$(KCNN) evaluate "$$(tail -n 1 runs/.demo-train.log)"
 
-# The full suite on TensorFlow, then the layer tests again on the JAX backend.
+# The full suite on TensorFlow, then the backend-neutral parts (layers, model builders,
+# losses) again on the JAX backend.
+JAX_TESTS := tests/layers tests/models tests/losses
+
 test: install
 	$(PY) -m pytest -q
-	@if [ -d tests/layers ]; then KERAS_BACKEND=jax $(PY) -m pytest -q tests/layers; fi
+	KERAS_BACKEND=jax $(PY) -m pytest -q $(JAX_TESTS)
 
 lint: install
 	$(VENV)/bin/ruff check kcnn tests benchmarks

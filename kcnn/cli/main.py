@@ -101,6 +101,50 @@ def evaluate(
             typer.echo(f"metrics written to {metrics['written_to']}")
 
 
+@app.command()
+@user_errors
+def export(
+    run_dir: Annotated[str, typer.Argument(help="A training run directory.")],
+    format_: Annotated[str, typer.Option("--format", help="tflite, saved_model or keras.")] = "tflite",
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help="none, dynamic, float16, int8 or int16x8 (default: the recipe's export.quantize).")] = None,
+    int8_io: Annotated[bool, typer.Option("--int8-io", help="int8 mode: int8 input and output tensors too.")] = False,
+    calibration: Annotated[Optional[int], typer.Option("--calibration", metavar="N", help="int8/int16x8: class-balanced training samples for calibration (default: the recipe's, 200).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="int8: fail instead of keeping float-only layers in float.")] = False,
+    all_modes: Annotated[bool, typer.Option("--all", help="Export every TFLite mode and write one comparison table.")] = False,
+    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Output path (default: RUN_DIR/exports/...).")] = None,
+):
+    """Convert a run's best model and verify the export (accuracy, size, latency, ops)."""
+    from kcnn.export.api import FORMATS
+
+    if format_ not in FORMATS:
+        raise KcnnError(f"--format: unknown format {format_!r}; valid: {', '.join(FORMATS)}")
+    if calibration is not None and calibration < 1:
+        raise KcnnError(f"--calibration: must be >= 1 (got {calibration})")
+    modes = ("none", "dynamic", "float16", "int8", "int16x8")
+    if quantize is not None and quantize not in modes:
+        raise KcnnError(f"--quantize: unknown mode {quantize!r}; valid: {', '.join(modes)}")
+    from kcnn.export import api
+
+    if all_modes:
+        reports = api.export_all(run_dir, calibration=calibration)
+        typer.echo(api.comparison_table(reports))
+        return
+    if format_ != "tflite":
+        report = api.export_other(run_dir, format_, out)
+        typer.echo(f"{report['format']}: {report['file']} ({report['size_bytes'] / 1024:.1f} KiB)")
+        return
+    if quantize is None:
+        from kcnn.engine.rundir import RunDir
+        from kcnn.recipes import load
+
+        quantize = load(RunDir.open(run_dir).recipe).export.quantize
+    report = api.export_tflite(run_dir, mode=quantize, out=out, calibration=calibration,
+                               int8_io=int8_io, strict=strict)
+    typer.echo(api.comparison_table([report]))
+    typer.echo(f"ops: {', '.join(report['ops'])}")
+    typer.echo(report["file"])
+
+
 @recipe_app.command("validate")
 @user_errors
 def recipe_validate(
@@ -156,6 +200,183 @@ def recipe_list():
     width = max((len(f.stem) for f in files), default=0)
     for f in files:
         typer.echo(f"{f.stem:<{width}}  {describe(f)}")
+
+
+@app.command()
+@user_errors
+def info(
+    target: Annotated[str, typer.Argument(metavar="RECIPE|RUN_DIR|MODEL", help="A recipe (path or bundled name), a run directory, a .keras file or a registered model name.")],
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the analysis as JSON.")] = False,
+):
+    """Per-layer output shape, parameters, multiply-accumulates and receptive field."""
+    from kcnn.models.info import analyze, format_table, load_target
+
+    result = analyze(load_target(target, set_))
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        typer.echo(format_table(result))
+
+
+@app.command()
+@user_errors
+def convert(
+    target: Annotated[str, typer.Argument(metavar="RUN_DIR", help="A training run directory (or a .keras file).")],
+    fully_convolutional: Annotated[bool, typer.Option("--fully-convolutional", help="Rewrite the Flatten → Dense head as an h×w convolution and 1×1 convolutions.")] = False,
+    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Output .keras file (default: RUN_DIR/model_fcn.keras).")] = None,
+):
+    """Convert a trained model; prints the written file on its last line."""
+    if not fully_convolutional:
+        raise KcnnError("say which conversion: --fully-convolutional")
+    from kcnn.models.convert import convert_run
+
+    typer.echo(str(convert_run(target, out)))
+
+
+@app.command()
+@user_errors
+def visualize(
+    target: Annotated[str, typer.Argument(metavar="RUN_DIR", help="A training run directory (or a .keras file).")],
+    filters: Annotated[Optional[list[str]], typer.Option("--filters", metavar="LAYER", help="Draw a convolution's kernels ('first' = the first convolution). Repeatable.")] = None,
+    feature_maps: Annotated[Optional[str], typer.Option("--feature-maps", metavar="IMAGE", help="Draw the activation maps of --layer for this image.")] = None,
+    layer: Annotated[Optional[list[str]], typer.Option("--layer", metavar="LAYER", help="Layer for --feature-maps. Repeatable.")] = None,
+    saliency: Annotated[Optional[str], typer.Option("--saliency", metavar="IMAGE", help="Draw input gradients for the predicted class of this image.")] = None,
+    patches: Annotated[Optional[list[str]], typer.Option("--patches", metavar="LAYER", help="Draw the test-image patches that excite each channel of LAYER most. Repeatable.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", metavar="DIR", help="Output folder (default: RUN_DIR/plots).")] = None,
+):
+    """Write PNGs of filters, feature maps, saliency or top patches; prints their paths."""
+    from kcnn.viz.visualize import visualize as run_visualize
+
+    for path in run_visualize(target, filters=filters or (), feature_maps=feature_maps,
+                              layers=layer or (), saliency_image=saliency,
+                              patches=patches or (), out=out):
+        typer.echo(str(path))
+
+
+compress_app = typer.Typer(
+    help="Compress a trained run into a new run dir (pruning, low-rank factorization).",
+    no_args_is_help=True,
+)
+app.add_typer(compress_app, name="compress")
+
+CompressOut = Annotated[Optional[str], typer.Option(
+    "--run-dir", help="Write the new run here (default: runs/<name>/<time>-<method>).")]
+NoTflite = Annotated[bool, typer.Option(
+    "--no-tflite", help="Skip the TFLite size/latency measurements (faster).")]
+FinetuneLr = Annotated[Optional[float], typer.Option(
+    "--lr", help="Fine-tuning peak learning rate (default: a third of the recipe's), cosine to 0.")]
+
+
+def _compress_checks(run_dir: str, finetune_epochs: int) -> None:
+    """Argument checks that need no TensorFlow (a bad call fails fast and writes nothing)."""
+    if finetune_epochs < 0:
+        raise KcnnError(f"--finetune-epochs: must be >= 0 (got {finetune_epochs})")
+    from kcnn.compress.common import open_source_run
+
+    open_source_run(run_dir)
+
+
+@compress_app.command("prune")
+@user_errors
+def compress_prune(
+    run_dir: Annotated[str, typer.Argument(help="A training run directory.")],
+    method: Annotated[str, typer.Option("--method", help="filter: remove the filters with the smallest L1 norm and rebuild a thinner model; magnitude: zero the smallest weights.")] = "filter",
+    sparsity: Annotated[float, typer.Option("--sparsity", help="Share of filters (filter) or of each kernel's weights (magnitude) to remove, in (0, 1).")] = 0.5,
+    rounds: Annotated[int, typer.Option("--rounds", help="Prune / fine-tune rounds; each removes the same share of what is left.")] = 3,
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", metavar="N", help="Fine-tuning epochs after each round.")] = 3,
+    criterion: Annotated[str, typer.Option("--criterion", help="filter: l1_bn (L1 norm of the filter with the following BatchNorm folded in) or l1 (the kernel's own filters).")] = "l1_bn",
+    lr: FinetuneLr = None,
+    out: CompressOut = None,
+    no_tflite: NoTflite = False,
+):
+    """Prune a trained run: score, remove, fine-tune, repeat; prints before → after."""
+    if method not in ("magnitude", "filter"):
+        raise KcnnError(f"--method: unknown method {method!r}; valid: magnitude, filter")
+    if not 0 < sparsity < 1:
+        raise KcnnError(f"--sparsity: must be in (0, 1) (got {sparsity})")
+    if rounds < 1:
+        raise KcnnError(f"--rounds: must be >= 1 (got {rounds})")
+    _compress_checks(run_dir, finetune_epochs)
+    from kcnn.compress.common import comparison_table
+    from kcnn.compress.prune import prune_run
+
+    if criterion not in ("l1_bn", "l1"):
+        raise KcnnError(f"--criterion: unknown criterion {criterion!r}; valid: l1_bn, l1")
+    path, report = prune_run(run_dir, method=method, sparsity=sparsity, rounds=rounds,
+                             finetune_epochs=finetune_epochs, lr=lr, criterion=criterion,
+                             out=out, tflite=not no_tflite)
+    typer.echo(comparison_table(report["before"], report["after"]))
+    typer.echo(str(path))
+
+
+@compress_app.command("lowrank")
+@user_errors
+def compress_lowrank(
+    run_dir: Annotated[str, typer.Argument(help="A training run directory.")],
+    energy: Annotated[Optional[float], typer.Option("--energy", help="Keep the smallest rank whose singular values hold this share of the energy, in (0, 1].")] = None,
+    rank: Annotated[Optional[int], typer.Option("--rank", help="A fixed rank for every factorized layer.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="Conv2D split: spatial (k×1 then 1×k) or channel (k×k into fewer channels, then 1×1).")] = "spatial",
+    finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", metavar="N", help="Fine-tuning epochs after the factorization.")] = 0,
+    lr: FinetuneLr = None,
+    out: CompressOut = None,
+    no_tflite: NoTflite = False,
+):
+    """Factorize Dense and Conv2D layers by truncated SVD; prints before → after."""
+    if (energy is None) == (rank is None):
+        raise KcnnError("give --energy or --rank (one of them)")
+    if energy is not None and not 0 < energy <= 1:
+        raise KcnnError(f"--energy: must be in (0, 1] (got {energy})")
+    if rank is not None and rank < 1:
+        raise KcnnError(f"--rank: must be a positive integer (got {rank})")
+    if mode not in ("spatial", "channel"):
+        raise KcnnError(f"--mode: unknown mode {mode!r}; valid: spatial, channel")
+    _compress_checks(run_dir, finetune_epochs)
+    from kcnn.compress.common import comparison_table
+    from kcnn.compress.lowrank import lowrank_run
+
+    path, report = lowrank_run(run_dir, energy=energy, rank=rank, mode=mode,
+                               finetune_epochs=finetune_epochs, lr=lr, out=out,
+                               tflite=not no_tflite)
+    typer.echo(comparison_table(report["before"], report["after"]))
+    typer.echo(str(path))
+
+
+bench_app = typer.Typer(help="Measure training throughput.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("train")
+@user_errors
+def bench_train(
+    recipe: Annotated[str, typer.Argument(help="Recipe file (or a bundled recipe's name).")],
+    steps: Annotated[int, typer.Option("--steps", help="Timed steps plus warm-up.")] = 60,
+    warmup: Annotated[int, typer.Option("--warmup", help="Steps left out of the timing.")] = 10,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Default: the recipe's.")] = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Random images of the recipe's shape; no data set needed.")] = False,
+    compare_plain: Annotated[bool, typer.Option("--compare-plain", help="Also time plain model.fit on NumPy arrays, same process.")] = False,
+    set_: SetOption = None,
+    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Write the result as JSON here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+):
+    """Training images/s and steps/s of a recipe's model after a warm-up."""
+    if steps <= warmup + 1 or warmup < 0:
+        raise KcnnError(f"--steps must exceed --warmup + 1 (got steps={steps}, warmup={warmup})")
+    if batch_size is not None and batch_size < 1:
+        raise KcnnError(f"--batch-size: must be >= 1 (got {batch_size})")
+    from kcnn.recipes import load
+
+    parsed = load(recipe, set_)
+    from kcnn.bench import bench_train as run_bench
+    from kcnn.bench import format_result
+
+    result = run_bench(parsed, steps=steps, warmup=warmup, batch_size=batch_size,
+                       synthetic=synthetic, compare_plain=compare_plain)
+    if out:
+        from kcnn.io import write_json
+
+        write_json(out, result)
+    typer.echo(json.dumps(result, indent=2) if as_json else format_result(result))
 
 
 def main() -> None:

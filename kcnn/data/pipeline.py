@@ -70,17 +70,29 @@ def augment_batch(images: tf.Tensor, augment: S.Augment, seed: tf.Tensor) -> tf.
 
 
 class EpochFeeder:
-    """Feeds sampler batches to tf.data and remembers the sampler state after each epoch."""
+    """Feeds sampler batches to tf.data and remembers the sampler state after each epoch.
 
-    def __init__(self, sampler: IndexSampler, batch_size: int, start_epoch: int, epochs: int):
+    Under a ``tf.distribute`` strategy, ``shard=(pipeline, pipelines, replicas)``
+    cuts every global batch into ``pipelines × replicas`` equal per-replica
+    chunks and yields this input pipeline's ``replicas`` chunks, in order (the
+    strategy hands consecutive elements to the worker's replicas). Together the
+    pipelines see every index of every epoch exactly once. Only full global
+    batches are used then (the epoch's last partial batch is dropped).
+    """
+
+    def __init__(self, sampler: IndexSampler, batch_size: int, start_epoch: int, epochs: int,
+                 shard: tuple[int, int, int] | None = None):
         self.sampler = sampler
         self.batch_size = batch_size
         self.start_epoch = start_epoch
         self.epochs = epochs
+        self.shard = shard
         self.states: dict[int, dict[str, Any]] = {}
 
     @property
     def steps_per_epoch(self) -> int:
+        if self.shard is not None:
+            return self.sampler.num_full_batches(self.batch_size)
         return self.sampler.num_batches(self.batch_size)
 
     def __call__(self):
@@ -88,7 +100,22 @@ class EpochFeeder:
             batches = self.sampler.batches(epoch, self.batch_size)
             self.states[epoch] = self.sampler.state_dict()
             for b, idx in enumerate(batches):
-                yield np.int64(epoch), np.int64(b), idx.astype(np.int64)
+                if self.shard is None:
+                    yield np.int64(epoch), np.int64(b), idx.astype(np.int64)
+                    continue
+                if len(idx) < self.batch_size:
+                    continue  # drop_remainder: every replica needs an equal share
+                pipeline, pipelines, replicas = self.shard
+                chunks = shard_batch(idx, pipelines * replicas)
+                for c in range(pipeline * replicas, (pipeline + 1) * replicas):
+                    yield np.int64(epoch), np.int64(b * pipelines * replicas + c), chunks[c].astype(np.int64)
+
+
+def shard_batch(idx: np.ndarray, pieces: int) -> list[np.ndarray]:
+    """Cut a global batch into ``pieces`` contiguous, equal per-replica chunks."""
+    if len(idx) % pieces:
+        raise ValueError(f"a batch of {len(idx)} does not split into {pieces} equal parts")
+    return np.split(idx, pieces)
 
 
 def train_dataset(
@@ -97,9 +124,14 @@ def train_dataset(
     augment: S.Augment,
     seed: int,
 ) -> tf.data.Dataset:
-    """Batches for epochs ``feeder.start_epoch .. feeder.epochs - 1``, in order."""
+    """Batches for epochs ``feeder.start_epoch .. feeder.epochs - 1``, in order.
+
+    Yields ``(x, y)``, or ``(x, y, w)`` when the split carries per-sample weights
+    (Keras ``fit`` then multiplies each sample's loss by its weight).
+    """
     images = tf.constant(split.x)
     labels = tf.constant(split.y)
+    weights = None if split.w is None else tf.constant(split.w, tf.float32)
     signature = (
         tf.TensorSpec((), tf.int64),
         tf.TensorSpec((), tf.int64),
@@ -112,6 +144,8 @@ def train_dataset(
         y = tf.gather(labels, idx)
         if augment.enabled:
             x = augment_batch(x, augment, tf.stack([tf.constant(seed, tf.int64), epoch * 100_003 + batch]))
+        if weights is not None:
+            return x, y, tf.gather(weights, idx)
         return x, y
 
     return ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)

@@ -22,9 +22,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 class Split:
     x: np.ndarray
     y: np.ndarray
+    w: np.ndarray | None = None  # per-sample weight (cost) for the loss; None: all 1
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def take(self, idx: np.ndarray) -> Split:
+        """The samples at ``idx`` (weights included)."""
+        return Split(self.x[idx], self.y[idx], None if self.w is None else self.w[idx])
 
 
 @dataclasses.dataclass
@@ -38,6 +43,11 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.train.x.shape[1:])
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Training samples per class (what class weights and priors are computed from)."""
+        return np.bincount(self.train.y, minlength=self.num_classes)[: self.num_classes]
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):
@@ -87,7 +97,27 @@ def _npz(src: S.NpzSource):
 
     main, val, test = pair("x", "y"), pair("x_val", "y_val"), pair("x_test", "y_test")
     names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
-    return main.x, main.y, val, test, names
+    return main.x, main.y, val, test, names, _sample_weights(arrays, len(main), path)
+
+
+def _sample_weights(arrays: dict[str, np.ndarray], n: int, path: Path) -> np.ndarray | None:
+    """The optional per-sample cost vector of the main arrays: ``w`` or ``cost``, shape (N,)."""
+    keys = [k for k in ("w", "cost") if k in arrays]
+    if not keys:
+        return None
+    if len(keys) > 1:
+        raise DataError(f"{path}: give per-sample weights as 'w' or 'cost', not both")
+    w = np.asarray(arrays[keys[0]])
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.shape != (n,) or w.dtype.kind not in "iuf":
+        raise DataError(f"{path}: {keys[0]!r} must be {n} numbers, one per sample of 'x' (got shape {w.shape}, dtype {w.dtype})")
+    w = w.astype("float32")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise DataError(f"{path}: {keys[0]!r} must be finite and >= 0 (per-sample costs)")
+    if not np.any(w > 0):
+        raise DataError(f"{path}: {keys[0]!r} is all zeros: no sample would count")
+    return w
 
 
 def _images(x: np.ndarray, where: str) -> np.ndarray:
@@ -188,15 +218,65 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(keep), np.sort(held)
 
 
+def long_tail_counts(counts: np.ndarray, lt: S.LongTail) -> np.ndarray:
+    """Per-class target counts of a long-tailed split, capped by what each class has.
+
+    ``exp``: n_c = n_max · ratio^(−c/(C−1)); ``step``: the last ⌊C/2⌋ classes get
+    n_max / ratio, the others n_max. Rounded, and at least 1 for a class that has samples.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    c = len(counts)
+    n_max = int(counts.max(initial=0))
+    if lt.profile == "exp":
+        target = n_max * float(lt.ratio) ** (-np.arange(c) / max(c - 1, 1))
+    else:
+        target = np.where(np.arange(c) >= c - c // 2, n_max / float(lt.ratio), float(n_max))
+    target = np.maximum(np.rint(target).astype(np.int64), 1)
+    return np.minimum(counts, target)
+
+
+def long_tail_indices(y: np.ndarray, num_classes: int, lt: S.LongTail) -> np.ndarray:
+    """Sorted indices of a long-tailed subset of ``y`` (class 0 is the head); seeded by ``lt.seed``."""
+    counts = np.bincount(y, minlength=num_classes)
+    keep = long_tail_counts(counts, lt)
+    rng = np.random.default_rng(lt.seed)
+    chosen = [rng.choice(np.flatnonzero(y == c), size=int(keep[c]), replace=False)
+              for c in range(num_classes) if keep[c] > 0]
+    return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, np.int64)
+
+
+def select_classes(split: Split, classes: list[int], num_classes: int) -> Split:
+    """Keep the samples of ``classes`` and relabel them 0..k-1 in that order."""
+    missing = [c for c in classes if c >= num_classes]
+    if missing:
+        raise DataError(f"data.classes: class {missing[0]} does not exist (labels 0..{num_classes - 1})")
+    if len(set(classes)) != len(classes):
+        raise DataError(f"data.classes: repeated class in {classes}")
+    lookup = np.full(num_classes, -1, dtype=np.int64)
+    lookup[np.asarray(classes)] = np.arange(len(classes))
+    keep = np.flatnonzero(lookup[split.y] >= 0)
+    out = split.take(keep)
+    out.y = lookup[out.y]
+    return out
+
+
+def first_per_class(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of at most ``n`` randomly chosen samples of each class (sorted)."""
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(y == c))[:n] for c in np.unique(y)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
 def load_dataset(data: S.Data) -> Dataset:
     """Load the recipe's source and split it.
 
     A source without its own test split loses ``split.test`` of each class to
     the test set (``random_state=split.seed``; for digits with the defaults this
     is scikit-learn's usual 25% stratified split with ``random_state=0``); val is
-    then split off the rest the same way.
+    then split off the rest the same way. ``data.long_tail`` then subsamples the
+    training split only. Per-sample weights (npz ``w``/``cost``) follow their samples.
     """
-    x, y, val, test, names = _SOURCES[data.source.type](data.source)
+    x, y, val, test, names, *weights = _SOURCES[data.source.type](data.source)
     given = [("train", y)] + [(n, s.y) for n, s in (("val", val), ("test", test)) if s is not None]
     num_classes = data.num_classes or int(max(labels.max(initial=-1) for _, labels in given) + 1)
     for split_name, labels in given:
@@ -206,15 +286,21 @@ def load_dataset(data: S.Data) -> Dataset:
                 f"data: {split_name} label {bad[0]} is outside 0..{num_classes - 1} "
                 f"(data.num_classes = {num_classes})"
             )
+    train = Split(x, y, weights[0] if weights else None)
     if test is None:
-        keep, held = stratified_split(y, data.split.test, data.split.seed)
-        test = Split(x[held], y[held])
-        x, y = x[keep], y[keep]
+        keep, held = stratified_split(train.y, data.split.test, data.split.seed)
+        train, test = train.take(keep), train.take(held)
     if val is None:
-        keep, held = stratified_split(y, data.split.val, data.split.seed)
-        val = Split(x[held], y[held])
-        x, y = x[keep], y[keep]
-    train = Split(x, y)
+        keep, held = stratified_split(train.y, data.split.val, data.split.seed)
+        train, val = train.take(keep), train.take(held)
+    if data.long_tail is not None:
+        train = train.take(long_tail_indices(train.y, num_classes, data.long_tail))
+    if data.classes is not None:
+        names = [(names[c] if names and c < len(names) else str(c)) for c in data.classes]
+        train, val, test = (select_classes(s, data.classes, num_classes) for s in (train, val, test))
+        num_classes = len(data.classes)
+    if data.samples_per_class is not None:
+        train = train.take(first_per_class(train.y, data.samples_per_class, data.split.seed))
     for split_name, split in (("val", val), ("test", test)):
         if split.x.shape[1:] != train.x.shape[1:]:
             raise DataError(

@@ -10,6 +10,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from kcnn.engine.finetune import current_lr
 from kcnn.engine.rundir import RunDir
 from kcnn.io import atomic_path, write_text
 
@@ -30,11 +31,16 @@ class RunCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, run: RunDir, *, state: dict[str, Any], monitor: str, feeder,
+                 best_model=None, monitor_key: str | None = None,
                  patience: int | None = None, min_delta: float = 0.0, plots: bool = True):
         # plots: draw plots/curves.png when fit() ends (not per epoch: it costs ~0.4 s)
         super().__init__()
         self.run = run
         self.monitor = monitor
+        # What model.keras holds (e.g. the target head of a multi-head model) and which log
+        # key carries the monitored value (e.g. "val_target_accuracy"); default: the same.
+        self.best_model = best_model
+        self.monitor_key = monitor_key or monitor
         self.mode = "min" if monitor.endswith("loss") else "max"
         self.feeder = feeder
         self.patience = patience
@@ -74,16 +80,16 @@ class RunCheckpoint(keras.callbacks.Callback):
             return  # never commit an epoch that diverged
         row = {"epoch": epoch}
         row.update({k: _scalar(v) for k, v in (logs or {}).items()})
-        row["learning_rate"] = _scalar(self.model.optimizer.learning_rate)
+        row["learning_rate"] = current_lr(self.model.optimizer)
         self.history.append(row)
 
-        value = row.get(self.monitor)
+        value = row.get(self.monitor_key)
         if value is None:
-            value = row.get(self.monitor.removeprefix("val_"))
+            value = row.get(self.monitor_key.removeprefix("val_"))
         if value is not None and self._improved(value):
             self.best, self.best_epoch = value, epoch
             with atomic_path(self.run.model) as tmp:
-                self.model.save(tmp)
+                (self.best_model or self.model).save(tmp)
 
         ckpt = f"epoch-{epoch + 1:04d}.weights.h5"
         with atomic_path(self.run.checkpoints / ckpt, suffix=".weights.h5") as tmp:

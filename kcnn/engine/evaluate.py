@@ -1,8 +1,9 @@
 """Evaluation: a model (run dir, .keras) on a data split → metrics.json + plots.
 
 Metrics come from scikit-learn. ``metrics.json`` keys: accuracy,
-balanced_accuracy, macro_f1, loss, per_class, confusion_matrix (plus split,
-num_samples and model for provenance).
+balanced_accuracy, macro_f1, g_mean (geometric mean of the per-class recalls),
+loss, per_class, confusion_matrix, expected_cost (when the recipe's loss has a
+cost matrix), plus split, num_samples and model for provenance.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from kcnn.recipes.schema import Recipe
 
 
 def classification_metrics(y: np.ndarray, logits: np.ndarray, class_names: list[str],
-                           loss: float | None) -> dict[str, Any]:
+                           loss: float | None, cost_matrix: np.ndarray | None = None) -> dict[str, Any]:
+    """Scores of argmax predictions. ``g_mean`` is taken over the classes present in
+    ``y`` (imbalanced-learn's ``geometric_mean_score``); ``expected_cost`` is
+    (1/N) Σ_i C[y_i, ŷ_i] when a cost matrix C is given."""
     from sklearn.metrics import (
         accuracy_score,
         balanced_accuracy_score,
@@ -35,10 +39,19 @@ def classification_metrics(y: np.ndarray, logits: np.ndarray, class_names: list[
     precision, recall, f1, support = precision_recall_fscore_support(
         y, pred, labels=labels, zero_division=0
     )
+    rec = recall[support > 0]
+    g_mean = float(np.exp(np.log(rec).mean())) if len(rec) and rec.min() > 0 else 0.0
+    extra = {}
+    if cost_matrix is not None:
+        from kcnn.losses.cost_matrix import expected_cost
+
+        extra["expected_cost"] = expected_cost(y, pred, cost_matrix)
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
         "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "g_mean": g_mean,
+        **extra,
         "loss": None if loss is None else float(loss),
         "per_class": [
             {"class": name, "precision": float(p), "recall": float(r), "f1": float(f),
@@ -57,18 +70,36 @@ def predict_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return np.asarray(model.predict(ds, verbose=0), dtype="float32")
 
 
-def evaluate_keras_model(model, recipe: Recipe, data: Dataset, split: str) -> dict[str, Any]:
-    from keras import ops
-
+def recipe_loss(recipe: Recipe, data: Dataset):
+    """The recipe's training loss, with the training split's class counts."""
     from kcnn.losses import make_loss
 
+    return make_loss(recipe.train.loss, data.num_classes, data.class_counts, data.class_names)
+
+
+def score_logits(recipe: Recipe, data: Dataset, y: np.ndarray, logits: np.ndarray) -> dict[str, Any]:
+    """Loss and metrics of a model's logits on labels ``y``.
+
+    The loss is the recipe's training loss on the raw logits; predictions use
+    the logits the loss says to predict with (post-hoc logit adjustment).
+    """
+    from keras import ops
+
+    from kcnn.losses import cost_matrix_of
+
+    loss_fn = recipe_loss(recipe, data)
+    loss = float(ops.convert_to_numpy(loss_fn(y, logits)))
+    if hasattr(loss_fn, "adjust_logits"):
+        logits = loss_fn.adjust_logits(logits)
+    return classification_metrics(y, logits, data.class_names, loss, cost_matrix_of(recipe.train.loss))
+
+
+def evaluate_keras_model(model, recipe: Recipe, data: Dataset, split: str) -> dict[str, Any]:
     part = data.split(split)
     if len(part) == 0:
         raise KcnnError(f"the {split} split is empty; choose another with --split")
     logits = predict_logits(model, part.x, recipe.train.batch_size)
-    loss_fn = make_loss(recipe.train.loss, data.num_classes)
-    loss = float(ops.convert_to_numpy(loss_fn(part.y, logits)))
-    metrics = classification_metrics(part.y, logits, data.class_names, loss)
+    metrics = score_logits(recipe, data, part.y, logits)
     return {**metrics, "split": split, "num_samples": int(len(part))}
 
 
@@ -84,7 +115,8 @@ def write_metrics(metrics: dict[str, Any], path: Path, plots_dir: Path | None,
                          plots_dir / name, title=title)
 
 
-def _load_keras(path: Path):
+def load_keras_model(path: Path):
+    """Load a ``.keras`` file with every kcnn layer, loss and schedule registered."""
     import keras
 
     import kcnn.engine.optim  # noqa: F401
@@ -117,12 +149,12 @@ def evaluate(target: str | Path, *, recipe_path: str | Path | None = None, split
         model_path, out_dir = target, target.parent
         run = RunDir(out_dir) if run_recipe.is_file() else None
     elif target.suffix == ".tflite":
-        raise KcnnError(f"{target}: evaluating .tflite files comes with `kcnn export` support")
+        return _evaluate_tflite(target, recipe_path, split, write)
     else:
         raise KcnnError(f"{target}: expected a run directory, a .keras or a .tflite file")
     split = split or recipe.evaluate.split
     data = load_dataset(recipe.data)
-    model = _load_keras(model_path)
+    model = load_keras_model(model_path)
     metrics = evaluate_keras_model(model, recipe, data, split)
     metrics["model"] = str(model_path)
     if write:
@@ -135,12 +167,43 @@ def evaluate(target: str | Path, *, recipe_path: str | Path | None = None, split
     return metrics
 
 
+def _find_run_recipe(path: Path) -> Path | None:
+    """The recipe.yaml of the run a file sits in (``RUN/exports/<mode>/model.tflite``)."""
+    for parent in list(path.parents)[:3]:
+        if (parent / "recipe.yaml").is_file() and (parent / "checkpoints").is_dir():
+            return parent / "recipe.yaml"
+    return None
+
+
+def _evaluate_tflite(target: Path, recipe_path, split: str | None, write: bool) -> dict[str, Any]:
+    from kcnn.export.runtime import TFLiteModel
+
+    if not target.is_file():
+        raise KcnnError(f"{target}: model file not found")
+    recipe_path = recipe_path or _find_run_recipe(target)
+    if recipe_path is None:
+        raise KcnnError(f"{target}: --recipe is required to know which data to evaluate on")
+    recipe = load_recipe(recipe_path)
+    split = split or recipe.evaluate.split
+    data = load_dataset(recipe.data)
+    part = data.split(split)
+    logits = TFLiteModel(target).predict(part.x, recipe.train.batch_size)
+    metrics = {**score_logits(recipe, data, part.y, logits),
+               "split": split, "num_samples": int(len(part)), "model": str(target)}
+    if write:
+        path = target.parent / f"{target.stem}.metrics_{split}.json"
+        write_metrics(metrics, path, None, data.class_names, "")
+        metrics["written_to"] = str(path)
+    return metrics
+
+
 def format_report(metrics: dict[str, Any]) -> str:
     """A short human-readable summary with a per-class table."""
+    extra = "".join(f"  {k} {metrics[k]:.4f}" for k in ("g_mean", "expected_cost") if k in metrics)
     lines = [
         f"split: {metrics.get('split')}  samples: {metrics.get('num_samples')}",
         f"accuracy {metrics['accuracy']:.4f}  balanced_accuracy {metrics['balanced_accuracy']:.4f}  "
-        f"macro_f1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}",
+        f"macro_f1 {metrics['macro_f1']:.4f}{extra}  loss {metrics['loss']:.4f}",
         "",
         f"{'class':>12} {'precision':>9} {'recall':>7} {'f1':>6} {'support':>7}",
     ]

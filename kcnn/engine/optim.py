@@ -89,11 +89,11 @@ def _cosine(cfg: S.CosineSchedule, lr: float, steps_per_epoch: int, total_steps:
     )
 
 
-def make_schedule(train: S.Train, steps_per_epoch: int):
-    """The learning rate as a function of the optimizer step, warm-up included."""
+def make_schedule(train: S.Train, steps_per_epoch: int, scale: float = 1.0):
+    """The learning rate (× ``scale``) as a function of the optimizer step, warm-up included."""
     cfg = train.schedule
     total = train.epochs * steps_per_epoch
-    schedule = SCHEDULES.get(cfg.type)(cfg, train.optimizer.lr, steps_per_epoch, total)
+    schedule = SCHEDULES.get(cfg.type)(cfg, train.optimizer.lr * scale, steps_per_epoch, total)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     return Warmup(schedule, warmup) if warmup > 0 else schedule
 
@@ -146,9 +146,20 @@ def _adamw(cfg: S.AdamW, lr):
 NO_DECAY = ["bias", "gamma", "beta", "moving_mean", "moving_variance"]
 
 
-def make_optimizer(train: S.Train, steps_per_epoch: int):
+def make_optimizer(train: S.Train, steps_per_epoch: int, model=None):
+    """The recipe's optimizer; with ``lr_multipliers``/``depth_scaled`` and a model,
+    a layer-wise one (see :func:`kcnn.engine.finetune.layerwise_optimizer`)."""
     cfg = train.optimizer
-    optimizer = OPTIMIZERS.get(cfg.type)(cfg, make_schedule(train, steps_per_epoch))
-    if cfg.weight_decay:
-        optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
-    return optimizer
+
+    def build(scale: float = 1.0):
+        optimizer = OPTIMIZERS.get(cfg.type)(cfg, make_schedule(train, steps_per_epoch, scale))
+        if cfg.weight_decay:
+            optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+        return optimizer
+
+    if model is None or not (cfg.lr_multipliers or cfg.depth_scaled):
+        return build()
+    from kcnn.engine.finetune import layerwise_optimizer, lr_multipliers
+
+    depth = (cfg.depth_scaled.shallow, cfg.depth_scaled.deep) if cfg.depth_scaled else None
+    return layerwise_optimizer(build, lr_multipliers(model, cfg.lr_multipliers, depth))

@@ -11,6 +11,7 @@ Importing this module imports Keras (not the CLI's business: only the engine
 and model builders import it).
 """
 
+from kcnn.layers.binary import BinaryConv2D, BinaryDense
 from kcnn.layers.deformable_conv import DeformableConv2D
 from kcnn.layers.highway import HighwayConv2D, HighwayDense, highway_gate_bias
 from kcnn.layers.lp_pooling import LpPooling2D
@@ -30,6 +31,8 @@ _ALIASES = {
     "mlp_conv2d": MLPConv2D,
     "residual_block": ResidualBlock,
     "deformable_conv2d": DeformableConv2D,
+    "binary_conv2d": BinaryConv2D,
+    "binary_dense": BinaryDense,
 }
 
 LAYERS = {cls.__name__: cls for cls in dict.fromkeys(_ALIASES.values())}
@@ -37,6 +40,8 @@ LAYERS.update(_ALIASES)
 
 __all__ = [
     "LAYERS",
+    "BinaryConv2D",
+    "BinaryDense",
     "DeformableConv2D",
     "HighwayConv2D",
     "HighwayDense",

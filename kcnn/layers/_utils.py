@@ -54,9 +54,7 @@ def standardize_padding(padding):
     """Returns ``"valid"`` or ``"same"`` (case-insensitive input)."""
     value = padding.lower() if isinstance(padding, str) else padding
     if value not in _PADDINGS:
-        raise ValueError(
-            f"`padding` must be one of {_PADDINGS}. Received: padding={padding!r}"
-        )
+        raise ValueError(f"`padding` must be one of {_PADDINGS}. Received: padding={padding!r}")
     return value
 
 
@@ -87,9 +85,7 @@ def check_positive_number(value, name, minimum=0.0, inclusive=False):
     )
     if not ok:
         bound = f">= {minimum}" if inclusive else f"> {minimum}"
-        raise ValueError(
-            f"`{name}` must be a finite number {bound}. Received: {name}={value!r}"
-        )
+        raise ValueError(f"`{name}` must be a finite number {bound}. Received: {name}={value!r}")
     return float(value)
 
 

@@ -41,11 +41,10 @@ class DeformableConv2D(keras.layers.Layer):
     ``x`` at fractional positions is interpolated bilinearly, and positions
     outside the image read zeros (as the zero padding of a convolution).
 
-    Implementation: the four bilinear neighbours of a position are fetched
-    with one ``take`` from a tensor that holds, at each pixel, the pixel and
-    its right, lower and lower-right neighbours; the weighted samples
-    ``(batch, out_h, out_w, k_h * k_w, channels)`` then meet the kernel in
-    one matrix product. The sampling runs in float32 whatever the dtype
+    Implementation: the four bilinear neighbours of every sampling position
+    are fetched with one ``take`` (gather) each from the zero-bordered input;
+    the weighted samples ``(batch, out_h, out_w, k_h * k_w, channels)`` then
+    meet the kernel in one matrix product (an im2col with moving columns). The sampling runs in float32 whatever the dtype
     policy. Memory grows as ``k_h * k_w`` times the input (im2col), so
     this layer is meant for a few late layers of a network, as in the paper.
 
@@ -84,7 +83,7 @@ class DeformableConv2D(keras.layers.Layer):
     Example:
 
     >>> x = keras.random.normal((2, 8, 8, 4))
-    >>> DeformableConv2D(8, 3, padding="same")(x).shape
+    >>> keras.ops.shape(DeformableConv2D(8, 3, padding="same")(x))
     (2, 8, 8, 8)
 
     Reference:
@@ -111,9 +110,7 @@ class DeformableConv2D(keras.layers.Layer):
         **kwargs,
     ):
         if not isinstance(filters, numbers.Integral) or isinstance(filters, bool) or filters <= 0:
-            raise ValueError(
-                f"`filters` must be a positive integer. Received: filters={filters!r}"
-            )
+            raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
         kernel_size = normalize_tuple(kernel_size, 2, "kernel_size")
         strides = normalize_tuple(strides, 2, "strides")
         padding = standardize_padding(padding)
@@ -250,44 +247,32 @@ class DeformableConv2D(keras.layers.Layer):
         wy = pos_y - y0  # weight of the lower neighbour row (y0 + 1)
         wx = pos_x - x0  # weight of the right neighbour column (x0 + 1)
 
-        # Pixel (r, c) of `quads` holds, channel-concatenated, the input at
-        # (r-1, c-1), (r-1, c), (r, c-1), (r, c) of the zero-bordered input:
-        # the four neighbours of any position whose floor is (r-1, c-1).
-        # Positions with floor in [-1, H-1] x [-1, W-1] have at least one
-        # neighbour inside the image; all others read zeros.
-        padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        quads = ops.concatenate(
-            [
-                padded[:, :-1, :-1, :],
-                padded[:, :-1, 1:, :],
-                padded[:, 1:, :-1, :],
-                padded[:, 1:, 1:, :],
-            ],
-            axis=-1,
-        )
+        # A one-pixel zero border: clipping any corner's row to [-1, H] and
+        # column to [-1, W] sends corners outside the image onto the border,
+        # which reads 0, and leaves the corners inside the image unchanged.
         channels = x.shape[-1]
-        quads = ops.reshape(quads, (-1, 4 * channels))
+        padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        pixels = ops.reshape(padded, (-1, channels))
+        row_stride = width + 2
+        image_start = ops.arange(batch, dtype="int32")[:, None, None, None] * (
+            (height + 2) * row_stride
+        )
+        last_row = ops.cast(height + 1, "float32")
+        last_col = ops.cast(width + 1, "float32")
+        corner_rows = [ops.cast(ops.clip(r + 1, 0, last_row), "int32") for r in (y0, y0 + 1)]
+        corner_cols = [ops.cast(ops.clip(c + 1, 0, last_col), "int32") for c in (x0, x0 + 1)]
+        row_weights = (1.0 - wy, wy)
+        col_weights = (1.0 - wx, wx)
 
-        inside = (y0 >= -1) & (y0 <= ops.cast(height - 1, "float32"))
-        inside = inside & (x0 >= -1) & (x0 <= ops.cast(width - 1, "float32"))
-        row = ops.cast(ops.clip(y0 + 1, 0, ops.cast(height, "float32")), "int32")
-        col = ops.cast(ops.clip(x0 + 1, 0, ops.cast(width, "float32")), "int32")
-        image = ops.arange(batch, dtype="int32")[:, None, None, None]
-        index = (image * (height + 1) + row) * (width + 1) + col
-        neighbours = ops.take(quads, ops.reshape(index, (-1,)), axis=0)
-        neighbours = ops.reshape(neighbours, (batch, out_h, out_w, kh * kw, 4, channels))
-
-        inside = ops.cast(inside, "float32")
-        weights = ops.stack(
-            [
-                (1.0 - wy) * (1.0 - wx),
-                (1.0 - wy) * wx,
-                wy * (1.0 - wx),
-                wy * wx,
-            ],
-            axis=-1,
-        ) * inside[..., None]
-        return ops.sum(neighbours * weights[..., None], axis=-2)
+        samples = None
+        for row, row_weight in zip(corner_rows, row_weights):
+            for col, col_weight in zip(corner_cols, col_weights):
+                # (batch, oh, ow, K, C): one gather per corner keeps every
+                # reduction elementwise (no sum over a middle axis).
+                values = ops.take(pixels, image_start + row * row_stride + col, axis=0)
+                term = values * (row_weight * col_weight)[..., None]
+                samples = term if samples is None else samples + term
+        return samples
 
     def compute_output_shape(self, input_shape):
         height, width = self._spatial(input_shape)

@@ -113,7 +113,7 @@ class HighwayDense(keras.layers.Layer):
     Example:
 
     >>> x = keras.random.normal((4, 32))
-    >>> HighwayDense(activation="relu", transform_gate_bias=-2.0)(x).shape
+    >>> keras.ops.shape(HighwayDense(activation="relu", transform_gate_bias=-2.0)(x))
     (4, 32)
 
     Reference:
@@ -259,7 +259,7 @@ class HighwayConv2D(keras.layers.Layer):
     Example:
 
     >>> x = keras.random.normal((2, 8, 8, 16))
-    >>> HighwayConv2D(kernel_size=3)(x).shape
+    >>> keras.ops.shape(HighwayConv2D(kernel_size=3)(x))
     (2, 8, 8, 16)
 
     Reference:

@@ -69,7 +69,7 @@ class LpPooling2D(keras.layers.Layer):
     Example:
 
     >>> x = keras.random.normal((2, 8, 8, 3))
-    >>> LpPooling2D(p=3, pool_size=2)(x).shape
+    >>> keras.ops.shape(LpPooling2D(p=3, pool_size=2)(x))
     (2, 4, 4, 3)
 
     Reference:

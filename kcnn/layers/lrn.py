@@ -73,7 +73,7 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     >>> x = keras.random.normal((2, 8, 8, 16))
     >>> y = LocalResponseNormalization(size=5, bias=2.0, alpha=1e-4, beta=0.75)(x)
-    >>> y.shape
+    >>> keras.ops.shape(y)
     (2, 8, 8, 16)
 
     Reference:
@@ -98,16 +98,13 @@ class LocalResponseNormalization(keras.layers.Layer):
             or size <= 0
             or size % 2 == 0
         ):
-            raise ValueError(
-                f"`size` must be an odd positive integer. Received: size={size!r}"
-            )
+            raise ValueError(f"`size` must be an odd positive integer. Received: size={size!r}")
         bias = check_positive_number(bias, "bias")
         alpha = check_positive_number(alpha, "alpha", inclusive=True)
         beta = check_positive_number(beta, "beta", inclusive=True)
         if alpha_mode not in _ALPHA_MODES:
             raise ValueError(
-                f"`alpha_mode` must be one of {_ALPHA_MODES}. "
-                f"Received: alpha_mode={alpha_mode!r}"
+                f"`alpha_mode` must be one of {_ALPHA_MODES}. Received: alpha_mode={alpha_mode!r}"
             )
         if not isinstance(axis, numbers.Integral) or isinstance(axis, bool):
             raise ValueError(f"`axis` must be an integer. Received: axis={axis!r}")

@@ -69,7 +69,7 @@ class MLPConv2D(keras.layers.Layer):
     Example:
 
     >>> x = keras.random.normal((2, 8, 8, 3))
-    >>> MLPConv2D(filters=[32, 16, 16], kernel_size=3)(x).shape
+    >>> keras.ops.shape(MLPConv2D(filters=[32, 16, 16], kernel_size=3)(x))
     (2, 8, 8, 16)
 
     Reference:
@@ -96,12 +96,8 @@ class MLPConv2D(keras.layers.Layer):
             filters = list(filters)
         except TypeError:
             filters = None
-        if (
-            not filters
-            or not all(
-                isinstance(f, numbers.Integral) and not isinstance(f, bool) and f > 0
-                for f in filters
-            )
+        if not filters or not all(
+            isinstance(f, numbers.Integral) and not isinstance(f, bool) and f > 0 for f in filters
         ):
             raise ValueError(
                 "`filters` must be a non-empty list of positive integers. "
@@ -112,9 +108,7 @@ class MLPConv2D(keras.layers.Layer):
         padding = standardize_padding(padding)
         data_format = standardize_data_format(data_format)
         if not isinstance(batch_norm, bool):
-            raise ValueError(
-                f"`batch_norm` must be a boolean. Received: batch_norm={batch_norm!r}"
-            )
+            raise ValueError(f"`batch_norm` must be a boolean. Received: batch_norm={batch_norm!r}")
         super().__init__(**kwargs)
         self.filters = [int(f) for f in filters]
         self.kernel_size = kernel_size

@@ -84,9 +84,9 @@ class ResidualBlock(keras.layers.Layer):
     Example:
 
     >>> x = keras.random.normal((2, 8, 8, 16))
-    >>> ResidualBlock(32, strides=2, shortcut="zero_pad")(x).shape
+    >>> keras.ops.shape(ResidualBlock(32, strides=2, shortcut="zero_pad")(x))
     (2, 4, 4, 32)
-    >>> ResidualBlock(16, kind="bottleneck")(x).shape
+    >>> keras.ops.shape(ResidualBlock(16, kind="bottleneck")(x))
     (2, 8, 8, 64)
 
     Reference:
@@ -108,9 +108,7 @@ class ResidualBlock(keras.layers.Layer):
         **kwargs,
     ):
         if not isinstance(filters, numbers.Integral) or isinstance(filters, bool) or filters <= 0:
-            raise ValueError(
-                f"`filters` must be a positive integer. Received: filters={filters!r}"
-            )
+            raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
         if kind not in _KINDS:
             raise ValueError(f"`kind` must be one of {_KINDS}. Received: kind={kind!r}")
         strides = normalize_tuple(strides, 2, "strides")

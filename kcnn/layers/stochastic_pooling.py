@@ -80,7 +80,7 @@ class StochasticPooling2D(keras.layers.Layer):
 
     >>> x = keras.ops.relu(keras.random.normal((4, 8, 8, 3)))
     >>> layer = StochasticPooling2D(pool_size=2, seed=0)
-    >>> layer(x, training=True).shape
+    >>> keras.ops.shape(layer(x, training=True))
     (4, 4, 4, 3)
 
     Reference:
@@ -115,8 +115,10 @@ class StochasticPooling2D(keras.layers.Layer):
     def build(self, input_shape):
         height, width = self._spatial(input_shape)
         if self.padding == "valid":
-            for size, pool, name in ((height, self.pool_size[0], "height"),
-                                     (width, self.pool_size[1], "width")):
+            for size, pool, name in (
+                (height, self.pool_size[0], "height"),
+                (width, self.pool_size[1], "width"),
+            ):
                 if size is not None and size < pool:
                     raise ValueError(
                         f"With padding='valid' the input {name} must be at least "

@@ -1,4 +1,4 @@
-"""Cross-entropy (with label smoothing) and squared error, on logits."""
+"""Cross-entropy (with label smoothing and per-class weights) and squared error, on logits."""
 
 from __future__ import annotations
 
@@ -13,32 +13,65 @@ def _one_hot(y_true, num_classes: int):
     return ops.one_hot(y, num_classes, dtype="float32")
 
 
+def check_class_vector(values, num_classes: int, name: str) -> list[float] | None:
+    """A per-class list of C finite numbers >= 0, or None."""
+    if values is None:
+        return None
+    values = [float(v) for v in values]
+    if len(values) != num_classes or any(not v >= 0 or v == float("inf") for v in values):
+        raise ValueError(f"{name} must be {num_classes} finite numbers >= 0. Received: {name}={values}")
+    return values
+
+
+def per_class(values: list[float], onehot):
+    """values[y] for every sample (a (batch,) tensor), via the one-hot labels."""
+    return ops.sum(onehot * ops.convert_to_tensor(values, dtype="float32"), axis=-1)
+
+
 @LOSSES.register("cross_entropy")
 @keras.saving.register_keras_serializable(package="kcnn")
 class CrossEntropy(keras.losses.Loss):
-    """Softmax cross-entropy on integer labels and logits, with label smoothing.
+    """Softmax cross-entropy on integer labels and logits, with label smoothing and
+    optional per-class weights.
 
-    loss = −Σ_j q_j · log softmax(z)_j, with q = (1 − ε)·onehot(y) + ε/K.
+    loss = −w_y · Σ_j q_j · log softmax(z)_j, with q = (1 − ε)·onehot(y) + ε/K
+    and w_y = ``class_weights[y]`` (1 when not given). The recipe's ``balanced``
+    and ``effective_number`` settings are turned into this list by
+    :func:`kcnn.losses.make_loss` from the training split's class counts.
+
+    Args:
+        num_classes: K.
+        label_smoothing: ε in [0, 1).
+        class_weights: K weights >= 0, or None.
+
+    Example:
+        >>> loss = CrossEntropy(3, class_weights=[1.0, 2.0, 4.0])
+        >>> loss([2], [[0.0, 0.0, 0.0]])  # 4 · log 3 ≈ 4.394
     """
 
-    def __init__(self, num_classes: int, label_smoothing: float = 0.0, name="cross_entropy",
-                 reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, num_classes: int, label_smoothing: float = 0.0, class_weights=None,
+                 name="cross_entropy", reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1). Received: label_smoothing={label_smoothing}")
         self.num_classes = int(num_classes)
         self.label_smoothing = float(label_smoothing)
+        self.class_weights = check_class_vector(class_weights, self.num_classes, "class_weights")
 
     def call(self, y_true, y_pred):
-        q = _one_hot(y_true, self.num_classes)
+        onehot = _one_hot(y_true, self.num_classes)
+        q = onehot
         if self.label_smoothing:
             q = q * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
         logp = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        return -ops.sum(q * logp, axis=-1)
+        loss = -ops.sum(q * logp, axis=-1)
+        if self.class_weights is not None:
+            loss = loss * per_class(self.class_weights, onehot)
+        return loss
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
-                "label_smoothing": self.label_smoothing}
+                "label_smoothing": self.label_smoothing, "class_weights": self.class_weights}
 
 
 @LOSSES.register("mse")

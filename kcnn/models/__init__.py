@@ -3,7 +3,16 @@
 Importing this package does not import Keras; builders do when called.
 """
 
-from kcnn.models import simple  # noqa: F401  (registers builders)
-from kcnn.models.registry import MODELS, builder_params, create_model, list_models, register_model
+# Importing the family modules registers their builders.
+from kcnn.models import alexnet, highway, layer_list, nin, resnet, simple, vgg  # noqa: F401
+from kcnn.models.registry import (
+    MODELS,
+    builder_params,
+    check_kwargs,
+    create_model,
+    list_models,
+    register_model,
+)
 
-__all__ = ["MODELS", "builder_params", "create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "builder_params", "check_kwargs", "create_model", "list_models",
+           "register_model"]

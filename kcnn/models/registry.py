@@ -48,3 +48,24 @@ def create_model(
         preprocessing=list(preprocessing or []),
         **kwargs,
     )
+
+
+def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Recipe-time checks of a builder's arguments, without importing Keras.
+
+    The common choice options (``pooling``, ``head``) are checked here; a builder
+    may add its own checks as a ``check_kwargs(kwargs)`` attribute. Problems raise
+    a :class:`~kcnn.errors.KcnnError` whose message starts with the key.
+    """
+    from kcnn.errors import KcnnError
+    from kcnn.models.common import HEADS, POOLINGS, check_choice
+
+    for key, valid in (("pooling", POOLINGS), ("head", HEADS)):
+        if key in kwargs:
+            try:
+                check_choice(kwargs[key], valid, key)
+            except KcnnError as err:
+                raise KcnnError(f"model.{key}: {err}") from None
+    hook = getattr(MODELS.get(name), "check_kwargs", None)
+    if hook is not None:
+        hook(kwargs)

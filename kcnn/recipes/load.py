@@ -268,6 +268,12 @@ def check_model(recipe: S.Recipe, file: str) -> None:
                 file=file,
                 key=f"model.{key}",
             )
+    from kcnn.errors import KcnnError
+
+    try:  # choice-valued options (pooling, head) and the builder's own structural checks
+        models.check_kwargs(spec.name, spec.kwargs)
+    except KcnnError as err:
+        raise RecipeError(str(err), file=file) from None
 
 
 # ----------------------------------------------------------------------------- public API
@@ -303,14 +309,22 @@ def load(path: str | Path, overrides: list[str] | None = None) -> S.Recipe:
 
 
 def _absolute_data_path(data: dict[str, Any], base: Path) -> None:
-    """Make ``data.source.path`` absolute: relative to the recipe file when it exists
-    there, else to the working directory. The run's recipe.yaml then works anywhere."""
+    """Make file paths (data, cost matrix, ``model.init.from``, co-training source)
+    absolute: relative to the recipe file when they exist there, else to the working
+    directory. The run's recipe.yaml then works from anywhere."""
     source = (data.get("data") or {}).get("source")
-    if isinstance(source, dict) and isinstance(source.get("path"), str):
-        p = Path(source["path"]).expanduser()
-        if not p.is_absolute():
-            p = base / p if (base / p).exists() else Path.cwd() / p
-        source["path"] = str(p.resolve())
+    train = data.get("train")
+    loss = train.get("loss") if isinstance(train, dict) else None
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    finetune = data.get("finetune") if isinstance(data.get("finetune"), dict) else {}
+    co = finetune.get("co_training") if isinstance(finetune.get("co_training"), dict) else {}
+    for section, key in ((source, "path"), (loss, "matrix"),  # matrix: a cost-matrix CSV
+                         (model.get("init"), "from"), (co.get("source"), "path")):
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            p = Path(section[key]).expanduser()
+            if not p.is_absolute():
+                p = base / p if (base / p).exists() else Path.cwd() / p
+            section[key] = str(p.resolve())
 
 
 def loads(text: str, file: str = "<string>") -> S.Recipe:

@@ -9,10 +9,18 @@ This module never imports TensorFlow or Keras.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -121,7 +129,77 @@ class ShuffleSampler(Strict):
     type: Literal["shuffle"]
 
 
-Sampler = Annotated[Union[ShuffleSampler], Field(discriminator="type")]
+class BatchDownsampleSampler(Strict):
+    """Batch-level downsampling: no class may fill more than a cap of any batch.
+
+    Batches stay full; the cap decides how many batches an epoch has. Majority
+    classes are taken from a per-class cursor that rotates through a shuffled
+    list, so across epochs every sample is still seen (none is dropped for good).
+    Without ``max_per_class``/``max_fraction`` the cap is ⌈batch_size / classes⌉.
+    """
+
+    type: Literal["batch_downsample"]
+    max_per_class: PositiveInt | None = Field(None, description="At most this many samples of one class per batch.")
+    max_fraction: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="At most this fraction of a batch from one class (at least 1 sample)."
+    )
+
+    @model_validator(mode="after")
+    def _one_cap(self):
+        if self.max_per_class is not None and self.max_fraction is not None:
+            raise ValueError("give max_per_class or max_fraction, not both")
+        return self
+
+
+class ClassBalancedSampler(Strict):
+    """Class-aware sampling (Shen et al., Relay BP, 2016): draw a class (uniformly, or by
+    ``class_probs``), then the next sample of that class's shuffled list.
+
+    ``progressive: true`` moves from instance-balanced sampling in the first epoch to
+    class-balanced sampling in the last: p_c(t) ∝ π_c^(1−t/T) · q_c^(t/T), where π is
+    the training class frequency, q the target (uniform or ``class_probs``), t the
+    epoch and T the last epoch's index.
+    """
+
+    type: Literal["class_balanced"]
+    class_probs: list[NonNegFloat] | None = Field(
+        None, description="Per-class sampling weights (normalised); default: uniform."
+    )
+    epoch_size: PositiveInt | None = Field(None, description="Samples per epoch; default: the training split size.")
+    progressive: bool = Field(False, description="Go from instance- to class-balanced over the epochs.")
+
+    @field_validator("class_probs")
+    @classmethod
+    def _some_mass(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not sum(v) > 0:
+            raise ValueError(f"needs at least one positive entry (got {v})")
+        return v
+
+
+class LabelShufflingSampler(Strict):
+    """Label shuffling (类别重组法): every class is resampled to the largest class's
+    count M (randperm(M) mod n_c), then everything is shuffled; redrawn every epoch."""
+
+    type: Literal["label_shuffling"]
+
+
+Sampler = Annotated[
+    Union[ShuffleSampler, BatchDownsampleSampler, ClassBalancedSampler, LabelShufflingSampler],
+    Field(discriminator="type"),
+]
+
+
+class LongTail(Strict):
+    """Make the training split long-tailed (val and test stay untouched).
+
+    ``exp``: n_c = n_max · ratio^(−c/(C−1)) for class index c; ``step``: the last
+    ⌊C/2⌋ classes keep n_max / ratio samples, the others n_max. Which samples stay
+    is drawn with ``seed``.
+    """
+
+    ratio: Annotated[float, Field(ge=1)] = Field(10.0, description="n_max / n_min.")
+    profile: Literal["exp", "step"] = "exp"
+    seed: int = 0
 
 
 class Data(Strict):
@@ -130,21 +208,60 @@ class Data(Strict):
     preprocess: Preprocess = Preprocess()
     augment: Augment = Augment()
     sampler: Sampler = ShuffleSampler(type="shuffle")
+    classes: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="Keep only these classes (relabelled 0..k-1 in this order), in every split."
+    )
+    samples_per_class: PositiveInt | None = Field(
+        None, description="Keep at most this many training samples per class (seeded by split.seed)."
+    )
+    long_tail: LongTail | None = Field(
+        None, description="Subsample the training split into a long-tailed one (for experiments)."
+    )
     num_classes: PositiveInt | None = Field(
         None, description="Number of classes; inferred from the labels when omitted."
     )
 
 
 # ----------------------------------------------------------------------------- model
+def _check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"not a valid regular expression: {value!r} ({err})") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_check_regex)]
+
+
+class WarmStart(Strict):
+    """Load weights from a trained model into every matching layer of the same name and shape."""
+
+    from_: str = Field(alias="from", description="A run dir, a folder of runs (newest wins) or a .keras file.")
+    layers: Regex = Field(".*", description="Regex (full match) of layer names to load.")
+    skip_mismatch: bool = Field(True, description="Leave layers whose shapes differ freshly initialised.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
 class ModelSpec(BaseModel):
     """``name`` picks a registered builder; every other key is passed to it.
 
-    ``num_classes`` and ``input_shape`` default to the data's.
+    ``num_classes`` and ``input_shape`` default to the data's. A model given as
+    ``layers: [...]`` without a ``name`` uses the ``layers`` builder.
     """
 
     model_config = ConfigDict(extra="allow")
 
     name: str
+    init: WarmStart | None = Field(None, description="Warm start from a trained model.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layers_imply_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "name" not in data and "layers" in data:
+            return {"name": "layers", **data}
+        return data
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -152,12 +269,25 @@ class ModelSpec(BaseModel):
 
 
 # ----------------------------------------------------------------------------- train
+class DepthScaled(Strict):
+    """Layer-wise lr factor growing linearly with depth (the book: deep slightly above shallow)."""
+
+    shallow: NonNegFloat = 0.1
+    deep: NonNegFloat = 1.0
+
+
 class _OptimizerBase(Strict):
     lr: PositiveFloat = Field(1e-3, description="Peak learning rate (after warm-up).")
     weight_decay: NonNegFloat = Field(
         0.0, description="Decoupled weight decay; biases and normalisation weights are excluded."
     )
     clipnorm: PositiveFloat | None = None
+    lr_multipliers: dict[Regex, NonNegFloat] | None = Field(
+        None, description="Layer-name regex → lr factor (0 keeps a layer still but trainable)."
+    )
+    depth_scaled: DepthScaled | None = Field(
+        None, description="lr factor interpolated from the shallowest to the deepest layer."
+    )
 
 
 class SGD(_OptimizerBase):
@@ -245,11 +375,140 @@ Schedule = Annotated[
 ]
 
 
+_WEIGHT_RULES = ("balanced", "effective_number")
+
+
+def _class_weight_spec(value: Any) -> Any:
+    """A per-class weight list, ``balanced`` or ``effective_number``; one clear message otherwise."""
+    if value is None or value in _WEIGHT_RULES:
+        return value
+    if isinstance(value, str):
+        raise ValueError(f"must be a list of per-class weights, 'balanced' or 'effective_number' (got {value!r})")
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"must be a non-empty list of per-class weights, 'balanced' or 'effective_number' (got {value!r})")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"weights must be finite numbers >= 0 (got {v!r})")
+    if not any(v > 0 for v in value):
+        raise ValueError("needs at least one positive weight")
+    return [float(v) for v in value]
+
+
+ClassWeights = Union[list[NonNegFloat], Literal["balanced", "effective_number"], None]
+Beta = Annotated[Union[Annotated[float, Field(ge=0, lt=1)], None], Field(
+    description="effective_number only: β in (1−β)/(1−β^n_c); default 0.999."
+)]
+
+
+def _check_beta(model: Any, rule: Any) -> Any:
+    if model.beta is not None and rule != "effective_number":
+        raise ValueError("beta is only used with 'effective_number' weights")
+    return model
+
+
 class CrossEntropyLoss(Strict):
-    """Softmax cross-entropy on integer labels."""
+    """Softmax cross-entropy on integer labels, optionally weighted per class.
+
+    ``class_weights``: a list (one per class), ``balanced`` (N / (C·n_c), as scikit-learn's
+    ``compute_class_weight``) or ``effective_number`` ((1−β)/(1−β^n_c), Cui et al. 2019,
+    normalised to sum to C). Counts come from the training split.
+    """
 
     type: Literal["cross_entropy"]
     label_smoothing: Fraction = 0.0
+    class_weights: ClassWeights = None
+    beta: Beta = None
+
+    _weights = field_validator("class_weights", mode="before")(_class_weight_spec)
+
+    @model_validator(mode="after")
+    def _beta(self):
+        return _check_beta(self, self.class_weights)
+
+
+def _read_cost_csv(path: str) -> list[list[float]]:
+    import csv
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"cost matrix file not found: {path}")
+    rows = []
+    with p.open(newline="", encoding="utf-8") as fh:
+        for row in csv.reader(fh):
+            cells = [c.strip() for c in row if c.strip()]
+            if not cells or cells[0].startswith("#"):
+                continue
+            try:
+                rows.append([float(c) for c in cells])
+            except ValueError:
+                raise ValueError(f"{path}: non-numeric cell in row {len(rows) + 1}: {row}") from None
+    return rows
+
+
+def _cost_matrix(value: Any) -> Any:
+    """Inline K×K list, or a CSV path (read here, so the resolved recipe holds the numbers)."""
+    if isinstance(value, str):
+        value = _read_cost_csv(value)
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(r, (list, tuple)) for r in value):
+        raise ValueError(f"must be a K×K list of lists or a CSV file path (got {value!r})")
+    k = len(value)
+    widths = [len(r) for r in value]
+    if any(w != k for w in widths):
+        raise ValueError(f"must be square: {k} rows with {widths} entries")
+    for i, row in enumerate(value):
+        for j, v in enumerate(row):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"entry [{i}][{j}] must be a finite number (got {v!r})")
+            if v < 0:
+                raise ValueError(f"entries must be >= 0 (got {v} at [{i}][{j}])")
+            if i == j and v != 0:
+                raise ValueError(f"the diagonal must be 0: a correct prediction costs nothing (got {v} at [{i}][{i}])")
+    return [[float(v) for v in row] for row in value]
+
+
+class CostMatrixLoss(Strict):
+    """Expected misclassification cost: loss = Σ_j softmax(z)_j · C[y, j] + λ · CE.
+
+    ``matrix`` is K×K with C[y, y] = 0 and C ≥ 0 (row: true class, column: predicted
+    class), inline or a CSV file (relative to the recipe file, else the working
+    directory). ``cross_entropy_weight`` is λ.
+    """
+
+    type: Literal["cost_matrix"]
+    matrix: Union[list[list[NonNegFloat]], str]
+    cross_entropy_weight: NonNegFloat = 0.0
+
+    _matrix = field_validator("matrix", mode="before")(_cost_matrix)
+
+
+class FocalLoss(Strict):
+    """Focal loss (Lin et al. 2017): −α_y · (1 − p_y)^γ · log p_y.
+
+    ``alpha``: per-class weights as for ``cross_entropy.class_weights`` (a list,
+    ``balanced`` or ``effective_number``); none by default.
+    """
+
+    type: Literal["focal"]
+    gamma: NonNegFloat = 2.0
+    alpha: ClassWeights = None
+    beta: Beta = None
+
+    _alpha = field_validator("alpha", mode="before")(_class_weight_spec)
+
+    @model_validator(mode="after")
+    def _beta(self):
+        return _check_beta(self, self.alpha)
+
+
+class LogitAdjustedLoss(Strict):
+    """Logit-adjusted cross-entropy (Menon et al. 2020): CE(z + τ·log π, y), π the
+    training class prior. ``post_hoc: true`` trains with plain cross-entropy instead
+    and subtracts τ·log π from the logits when kcnn evaluates."""
+
+    type: Literal["logit_adjusted"]
+    tau: NonNegFloat = 1.0
+    post_hoc: bool = False
 
 
 class SquaredErrorLoss(Strict):
@@ -260,7 +519,10 @@ class SquaredErrorLoss(Strict):
     type: Literal["mse", "l2"]
 
 
-Loss = Annotated[Union[CrossEntropyLoss, SquaredErrorLoss], Field(discriminator="type")]
+Loss = Annotated[
+    Union[CrossEntropyLoss, SquaredErrorLoss, CostMatrixLoss, FocalLoss, LogitAdjustedLoss],
+    Field(discriminator="type"),
+]
 
 
 class EarlyStopping(Strict):
@@ -271,6 +533,16 @@ class EarlyStopping(Strict):
 class Callbacks(Strict):
     early_stopping: EarlyStopping | None = None
     tensorboard: bool = True
+
+
+class GradualUnfreeze(Strict):
+    """Train the top ``start_top`` weighted layers, then one more every ``every`` epochs."""
+
+    start_top: PositiveInt = 1
+    every: PositiveInt = 1
+
+    def trainable_top(self, epoch: int) -> int:
+        return self.start_top + epoch // self.every
 
 
 class Train(Strict):
@@ -289,6 +561,21 @@ class Train(Strict):
     verbose: Literal[0, 1, 2] | None = Field(
         None, description="Keras progress output; default: a bar on a terminal, a line per epoch otherwise."
     )
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        "float32", description="Keras dtype policy; the classifier's logits stay float32."
+    )
+    freeze: list[Regex] = Field(
+        default_factory=list, description="Regexes (full match) of layer names to freeze."
+    )
+    freeze_depth: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="Freeze this shallowest fraction of the weighted layers."
+    )
+    trainable_top: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="Freeze all but the top N weighted layers."
+    )
+    unfreeze: GradualUnfreeze | None = Field(
+        None, description="Unfreeze from the top down on a schedule of epochs."
+    )
 
 
 # ----------------------------------------------------------------------------- evaluate / export
@@ -303,6 +590,71 @@ class Export(Strict):
     calibration: PositiveInt = 200
 
 
+# ----------------------------------------------------------------------------- distribution
+class Distribute(Strict):
+    """Run the same recipe through a ``tf.distribute`` strategy.
+
+    ``train.batch_size`` is the global batch, split evenly across replicas (it must
+    divide by their number). ``multi_worker`` reads the cluster from ``TF_CONFIG``.
+    """
+
+    strategy: Literal["none", "mirrored", "multi_worker", "tpu"] = "none"
+    devices: list[str] | None = Field(
+        None, description="mirrored: devices to use, e.g. ['/gpu:0', '/gpu:1'] (default: all GPUs, else the CPU)."
+    )
+    tpu: str | None = Field(None, description="tpu: TPU name or grpc:// address ('' = local).")
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+class CoTraining(Strict):
+    """Co-train on the source samples nearest to the target data (book ch. 11).
+
+    Source and target samples are embedded with the warm-start model's ``layer``;
+    the ``neighbours`` nearest source samples of each target sample form the source
+    subset, learnt by a second head with weight ``weight`` next to the target head.
+    """
+
+    source: Source
+    classes: list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="Keep only these source classes (relabelled 0..k-1)."
+    )
+    neighbours: PositiveInt = 5
+    layer: str = Field(description="Name of the (shallow) layer whose output is the embedding.")
+    weight: Annotated[float, Field(ge=0)] = 0.5
+
+
+class Finetune(Strict):
+    """The book's four fine-tuning cases, expanded into ``train`` settings on load:
+
+    * ``head_only`` (little, similar data): ``train.trainable_top: 1``.
+    * ``top_k``: ``train.trainable_top: k``.
+    * ``full`` (plenty of data): everything trains, ``optimizer.depth_scaled: {shallow: 0.1, deep: 1}``.
+    * ``gradual`` (little, dissimilar data): ``train.unfreeze: {start_top: 1, every: every}``.
+
+    Settings the recipe gives explicitly are kept.
+    """
+
+    strategy: Literal["head_only", "top_k", "full", "gradual"] = "full"
+    k: PositiveInt = Field(2, description="top_k: how many top weighted layers train.")
+    every: PositiveInt = Field(2, description="gradual: epochs between two unfreezing steps.")
+    co_training: CoTraining | None = None
+
+
+# ----------------------------------------------------------------------------- distillation
+class Distill(Strict):
+    """Knowledge distillation: loss = α·T²·KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α)·train.loss.
+
+    ``teacher`` is a run dir, a folder of runs (the newest is used) or a ``.keras``
+    file; it is checked when training starts, so a recipe validates without it.
+    """
+
+    teacher: str = Field(description="Teacher run dir, folder of runs (newest wins) or .keras file.")
+    temperature: PositiveFloat = Field(4.0, description="Softmax temperature T of the soft targets.")
+    alpha: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.9, description="Weight α of the soft (teacher) term; 1 − α goes to the labels."
+    )
+
+
 # ----------------------------------------------------------------------------- recipe
 class Recipe(Strict):
     """A whole recipe. ``extends`` is resolved by the loader before validation."""
@@ -315,9 +667,29 @@ class Recipe(Strict):
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
     export: Export = Export()
+    finetune: Finetune | None = None
+    distribute: Distribute = Distribute()
+    distill: Distill | None = None
     versions: dict[str, str] | None = Field(
         None, description="Written by kcnn into a run's recipe.yaml; ignored on input."
     )
+
+
+    @model_validator(mode="after")
+    def _expand_finetune(self) -> Recipe:
+        ft, train = self.finetune, self.train
+        if ft is None:
+            return self
+        explicit = train.model_fields_set
+        if ft.strategy == "head_only" and "trainable_top" not in explicit:
+            train.trainable_top = 1
+        elif ft.strategy == "top_k" and "trainable_top" not in explicit:
+            train.trainable_top = ft.k
+        elif ft.strategy == "gradual" and "unfreeze" not in explicit:
+            train.unfreeze = GradualUnfreeze(start_top=1, every=ft.every)
+        elif ft.strategy == "full" and train.optimizer.depth_scaled is None:
+            train.optimizer.depth_scaled = DepthScaled(shallow=0.1, deep=1.0)
+        return self
 
 
 # Names of each ``type``-selected section, for error messages and registry checks.

@@ -1,0 +1,382 @@
+"""Compression benchmark on the digits quickstart model.
+
+    .venv/bin/python benchmarks/compression.py [--run RUN_DIR] [--work DIR] [--skip-binary]
+
+Trains ``recipes/quickstart.yaml`` (or reuses ``--run``), then measures, in this
+process:
+
+* every TFLite export mode (``kcnn.export.api.export_all``): size, accuracy,
+  agreement with Keras, latency;
+* 50% filter pruning (3 rounds of prune + fine-tune): params, MACs, accuracy,
+  TFLite size and latency against the source measured back to back;
+* 50% magnitude pruning (2 rounds × 2 epochs): non-zero params, gzipped TFLite size;
+* low-rank factorization (spatial and channel, 90% energy, 2 epochs of fine-tuning);
+* the ``digits_distill`` student trained with and without distillation (same
+  recipe and seed), the quickstart model as the teacher;
+* the ``digits_binary`` model (``--binary-epochs``, default 20): accuracy and packed
+  weight storage.
+
+Rerun with the same ``--work`` to reuse the steps that finished (their runs hold
+``compress.json`` / ``metrics.json``). Prints a markdown report and writes it to
+``benchmarks/results/compression.md``
+with the machine description. Latencies are medians of single-image runs
+(XNNPACK, one thread); ratios compare numbers taken in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {
+    "int8_size": 0.30,  # int8 TFLite size ≤ 0.30 × float32
+    "int8_latency": 0.60,  # int8 latency ≤ 0.6 × float32
+    "int8_drop": 0.5,  # int8 accuracy drop ≤ 0.5 points
+    "filter_macs": 0.35,  # 50% filter pruning: MACs ≤ 0.35 ×
+    "filter_drop": 1.0,  # ... with an accuracy drop ≤ 1 point after fine-tuning
+}
+
+
+def machine() -> str:
+    import keras
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}; load average {load:.1f} at start"
+    )
+
+
+def train_recipe(recipe_name: str, run_dir: Path, overrides=()) -> Path:
+    from kcnn.engine.train import train
+    from kcnn.recipes import load
+
+    if (run_dir / "metrics.json").is_file():
+        REUSED.append(run_dir.name)
+        return run_dir
+    return train(
+        load(
+            recipe_name,
+            [
+                "train.verbose=0",
+                "evaluate.plots=false",
+                "train.callbacks.tensorboard=false",
+                *overrides,
+            ],
+        ),
+        run_dir=run_dir,
+    )
+
+
+REUSED: list[str] = []  # runs taken from a previous benchmark with the same --work
+
+
+def reuse_or(out: Path, fn, **kwargs) -> dict:
+    """``fn(..., out=out)``'s report, or the one a previous run with the same --work left."""
+    if (out / "compress.json").is_file():
+        REUSED.append(out.name)
+        return json.loads((out / "compress.json").read_text())
+    return fn(out=out, **kwargs)[1]
+
+
+def metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+def ok(flag: bool) -> str:
+    return "met" if flag else "**missed**"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="Reuse a trained quickstart run dir.")
+    parser.add_argument("--work", type=Path, help="Where to write the runs (default: a temp dir).")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/compression.md")
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=3,
+        help="Fine-tuning epochs per pruning round (default 3).",
+    )
+    parser.add_argument(
+        "--binary-epochs",
+        type=int,
+        default=20,
+        help="Epochs for digits_binary (the recipe says 40; default 20 here).",
+    )
+    parser.add_argument("--skip-binary", action="store_true", help="Skip the binary model.")
+    args = parser.parse_args(argv)
+
+    from kcnn.compress.binary import weight_storage
+    from kcnn.compress.common import load_source, measure
+    from kcnn.compress.lowrank import lowrank_run
+    from kcnn.compress.prune import prune_run
+    from kcnn.engine.evaluate import load_keras_model
+    from kcnn.export.api import export_all
+    from kcnn.io import write_text
+
+    started = time.perf_counter()
+    work = args.work or Path(tempfile.mkdtemp(prefix="kcnn-bench-compression-"))
+    work.mkdir(parents=True, exist_ok=True)
+    header = machine()
+    timings: dict[str, float] = {}
+    quiet = lambda msg: print(f"  {msg}", file=sys.stderr)  # noqa: E731
+
+    def step(name):
+        timings[name] = time.perf_counter()
+        print(f"[{time.perf_counter() - started:6.0f} s] {name}", file=sys.stderr)
+
+    step("quickstart")
+    run = args.run or train_recipe("quickstart", work / "quickstart")
+    keras_acc = metrics(run)["accuracy"]
+
+    step("export modes")
+    reports = export_all(run, latency_runs=200)
+    by_mode = {r["quantize"]: r for r in reports}
+    f32 = by_mode["none"]
+    lines = [
+        "## Export modes (quickstart model)",
+        "",
+        "| mode | size (KiB) | × float32 | accuracy | agreement | latency (ms) | × float32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        lines.append(
+            f"| {r['quantize']} | {r['size_bytes'] / 1024:.1f} | "
+            f"{r['size_bytes'] / f32['size_bytes']:.2f} | {r['accuracy']:.4f} | "
+            f"{r['agreement']:.4f} | {r['latency_ms_median']:.3f} | "
+            f"{r['latency_ms_median'] / f32['latency_ms_median']:.2f} |"
+        )
+    lines += ["", f"Keras float32 accuracy: {keras_acc:.4f}.", ""]
+
+    step("filter pruning")
+    fp = reuse_or(
+        work / "pruned_filter",
+        prune_run,
+        run_dir=run,
+        method="filter",
+        sparsity=0.5,
+        rounds=3,
+        finetune_epochs=args.finetune_epochs,
+        latency_runs=200,
+        verbose=0,
+        log=quiet,
+    )
+    step("magnitude pruning")
+    mp = reuse_or(
+        work / "pruned_magnitude",
+        prune_run,
+        run_dir=run,
+        method="magnitude",
+        sparsity=0.5,
+        rounds=2,
+        finetune_epochs=2,
+        latency_runs=200,
+        verbose=0,
+        log=quiet,
+    )
+    step("low-rank")
+    lr = reuse_or(
+        work / "lowrank",
+        lowrank_run,
+        run_dir=run,
+        energy=0.9,
+        mode="spatial",
+        finetune_epochs=2,
+        latency_runs=200,
+        verbose=0,
+        log=quiet,
+    )
+    lrc = reuse_or(
+        work / "lowrank_channel",
+        lowrank_run,
+        run_dir=run,
+        energy=0.9,
+        mode="channel",
+        finetune_epochs=2,
+        latency_runs=200,
+        verbose=0,
+        log=quiet,
+    )
+
+    step("distillation")
+    student_kd = train_recipe(
+        "digits_distill", work / "student_distilled", [f"distill.teacher={run}"]
+    )
+    student_plain = train_recipe("digits_distill", work / "student_plain", ["distill=null"])
+    kd_source = load_source(student_kd)
+    kd = measure(kd_source.model, kd_source, latency_runs=200)
+    plain_acc = metrics(student_plain)["accuracy"]
+
+    def row(name, m, base, note=""):
+        return (
+            f"| {name} | {m['params']:,} | {m['nonzero_params']:,} | {m['macs']:,} | "
+            f"{m['macs'] / base['macs']:.3f} | {m['accuracy']:.4f} | "
+            f"{100 * (m['accuracy'] - base['accuracy']):+.2f} | "
+            f"{m['tflite_bytes'] / 1024:.1f} | {m['tflite_gzip_bytes'] / 1024:.1f} | "
+            f"{m['latency_ms']:.3f} | {m['latency_ms'] / base['latency_ms']:.2f} | {note} |"
+        )
+
+    base = fp["before"]
+    lines += [
+        "## Compressed models (float32 TFLite; ratios against the source measured in the "
+        "same command)",
+        "",
+        "| model | params | non-zero | MACs | × MACs | accuracy | Δ points | TFLite KiB | "
+        "gzip KiB | latency (ms) | × latency | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        row(
+            "quickstart (source)",
+            base,
+            base,
+            f"{base['accuracy_bn_recalibrated']:.4f} after the same BN re-estimation",
+        ),
+        row(
+            "filter pruning 50%",
+            fp["after"],
+            fp["before"],
+            f"3 rounds × {args.finetune_epochs} fine-tuning epochs",
+        ),
+        row(
+            "magnitude pruning 50%",
+            mp["after"],
+            mp["before"],
+            "2 rounds × 2 epochs; zeros stored densely, see gzip",
+        ),
+        row(
+            "low-rank (spatial, 90% energy)",
+            lr["after"],
+            lr["before"],
+            f"{len(lr['layers'])} layers factorized; {lr['accuracy_factorized']:.4f} "
+            f"before 2 epochs of fine-tuning",
+        ),
+        row(
+            "low-rank (channel, 90% energy)",
+            lrc["after"],
+            lrc["before"],
+            f"{len(lrc['layers'])} layers factorized; {lrc['accuracy_factorized']:.4f} "
+            f"before 2 epochs of fine-tuning",
+        ),
+        row(
+            "digits_distill student (distilled)", kd, base, f"without distillation: {plain_acc:.4f}"
+        ),
+        "",
+    ]
+    chans = ", ".join(f"{n} {a}→{b}" for n, (a, b) in fp["channels"].items())
+    lines += [
+        f"Filter pruning kept channels: {chans}.",
+        "",
+        "Filter pruning rounds: "
+        + "; ".join(
+            f"round {r['round']} (sparsity {r['sparsity']:.2f}): {r['accuracy_pruned']:.4f} "
+            f"pruned → {r['accuracy_finetuned']:.4f} fine-tuned"
+            for r in fp["rounds"]
+        ),
+        "",
+    ]
+    lines += [
+        "## Distillation (same student recipe, same seed)",
+        "",
+        "| student | accuracy |",
+        "|---|---|",
+        f"| without distillation (`--set distill=null`) | {plain_acc:.4f} |",
+        f"| distilled from the quickstart model (T=4, α=0.9) | {kd['accuracy']:.4f} |",
+        f"| teacher (quickstart) | {keras_acc:.4f} |",
+        "",
+    ]
+
+    if not args.skip_binary:
+        step("binary")
+        binary_run = train_recipe(
+            "digits_binary", work / "binary", [f"train.epochs={args.binary_epochs}"]
+        )
+        storage = weight_storage(load_keras_model(binary_run / "model.keras"))
+        bin_layers = storage["layers"]
+        b_float = sum(r["float32_bytes"] for r in bin_layers)
+        b_packed = sum(r["packed_bytes"] for r in bin_layers)
+        lines += [
+            f"## Binary weights (`recipes/digits_binary.yaml`, {args.binary_epochs} epochs)",
+            "",
+            "| model | accuracy | weights float32 (KiB) | packed (KiB) | × |",
+            "|---|---|---|---|---|",
+            f"| digits_binary, whole model | {metrics(binary_run)['accuracy']:.4f} | "
+            f"{storage['float32_bytes'] / 1024:.1f} | {storage['packed_bytes'] / 1024:.1f} | "
+            f"{storage['ratio']:.3f} |",
+            f"| its {len(bin_layers)} BinaryConv2D kernels | | {b_float / 1024:.1f} | "
+            f"{b_packed / 1024:.1f} | {b_packed / b_float:.3f} |",
+            "",
+            "Packed = 1 bit per binary weight + one float32 α per output channel; every "
+            "other weight (first convolution, BN, classifier) stays float32.",
+            "",
+        ]
+
+    int8 = by_mode["int8"]
+    size_ratio = int8["size_bytes"] / f32["size_bytes"]
+    lat_ratio = int8["latency_ms_median"] / f32["latency_ms_median"]
+    int8_drop = 100 * (int8["keras_accuracy"] - int8["accuracy"])
+    macs_ratio = fp["ratios"]["macs"]
+    drop = fp["ratios"]["accuracy_drop_points"]
+    lines += [
+        "## Targets",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| int8 size ≤ 0.30 × float32 | {size_ratio:.3f} | {ok(size_ratio <= TARGETS['int8_size'])} |",
+        f"| int8 latency ≤ 0.6 × float32 | {lat_ratio:.3f} | {ok(lat_ratio <= TARGETS['int8_latency'])} |",
+        f"| int8 accuracy drop ≤ 0.5 points | {int8_drop:+.2f} | {ok(int8_drop <= TARGETS['int8_drop'])} |",
+        f"| 50% filter pruning: MACs ≤ 0.35 × | {macs_ratio:.3f} | {ok(macs_ratio <= TARGETS['filter_macs'])} |",
+        f"| 50% filter pruning: accuracy drop ≤ 1 point | {drop:+.2f} | {ok(drop <= TARGETS['filter_drop'])} |",
+        "",
+    ]
+    total = time.perf_counter() - started
+    names = list(timings)
+    spans = [
+        f"{n} {((timings[names[i + 1]] if i + 1 < len(names) else time.perf_counter()) - timings[n]):.0f} s"
+        for i, n in enumerate(names)
+    ]
+    footer = f"Wall time {total:.0f} s ({', '.join(spans)})."
+    if REUSED:
+        footer += (" Reused from an earlier run with the same --work (measured then): "
+                   f"{', '.join(REUSED)}.")
+    if args.run:
+        footer += f" The quickstart run was given with --run ({run})."
+    report = "\n".join(
+        [
+            "# Compression benchmark",
+            "",
+            f"`benchmarks/compression.py`, {dt.date.today().isoformat()}. Machine: {header}.",
+            "",
+            *lines,
+            footer,
+            "",
+        ]
+    )
+    print(report)
+    write_text(args.out, report)
+    print(f"written to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Times the kcnn layers against their plain Keras / tf.nn counterparts.
+
+Run as ``python benchmarks/layers.py``. Each row times one training step
+(forward and backward: the gradient with respect to the input and to the
+layer's weights) of a kcnn layer and of its reference on the same tensor, a
+batch of 64 32x32 images with 64 channels, in the same process. Both run as
+``tf.function`` graphs, and again compiled with XLA (``jit_compile=True``,
+what Keras' ``fit`` uses by default on the TensorFlow backend). The reported
+number is the median over repeats after warm-up; the candidate and the
+reference alternate within each repeat so that background load hits both
+alike. The table goes to stdout and to ``benchmarks/results/layers.md``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["KERAS_BACKEND"] = "tensorflow"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from kcnn.layers import (  # noqa: E402
+    DeformableConv2D,
+    LocalResponseNormalization,
+    StochasticPooling2D,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results" / "layers.md"
+SHAPE = (64, 32, 32, 64)
+
+
+def _step(fn, variables, jit):
+    """A compiled forward+backward step of ``fn`` on a fixed input."""
+
+    @tf.function(jit_compile=jit)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(y * y)
+        return tape.gradient(loss, [x, *variables])
+
+    return step
+
+
+def _forward(fn, jit):
+    return tf.function(lambda x: fn(x), jit_compile=jit)
+
+
+def _run(step, x):
+    outputs = step(x)
+    # Block until the values exist (graphs run asynchronously otherwise).
+    for value in tf.nest.flatten(outputs):
+        if value is not None:
+            value.numpy()
+            break
+
+
+def time_pair(candidate, reference, x, warmup, repeats):
+    """Median seconds of each compiled step, interleaved."""
+    for _ in range(warmup):
+        _run(candidate, x)
+        _run(reference, x)
+    cand, ref = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _run(candidate, x)
+        cand.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        _run(reference, x)
+        ref.append(time.perf_counter() - start)
+    return statistics.median(cand), statistics.median(ref)
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    reference_name: str
+    fn: Callable
+    reference_fn: Callable
+    x: tf.Tensor
+    target: float | None = None  # ratio to meet, or None: report only
+    forward_only: bool = False
+    weights: list = dataclasses.field(default_factory=list)
+    reference_weights: list = dataclasses.field(default_factory=list)
+    repeats: int | None = None  # None: the command-line default
+    warmup: int | None = None
+
+
+def build_cases():
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=SHAPE).astype("float32"))
+    relu_x = tf.nn.relu(x)
+
+    lrn = LocalResponseNormalization(size=5, bias=2.0, alpha=1e-4, beta=0.75)
+    lrn.build(SHAPE)
+
+    def tf_lrn(v):
+        return tf.nn.local_response_normalization(
+            v, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
+        )
+
+    stochastic = StochasticPooling2D(2, seed=0)
+    stochastic.build(SHAPE)
+    max_pool = keras.layers.MaxPooling2D(2)
+    avg_pool = keras.layers.AveragePooling2D(2)
+
+    dropout = keras.layers.Dropout(0.5, seed=0)
+
+    deformable = DeformableConv2D(64, 3, padding="same")
+    deformable.build(SHAPE)
+    conv = keras.layers.Conv2D(64, 3, padding="same")
+    conv.build(SHAPE)
+
+    weights = [v.value for v in deformable.trainable_variables]
+    conv_weights = [v.value for v in conv.trainable_variables]
+    return [
+        Case("`LocalResponseNormalization`", "`tf.nn.local_response_normalization`",
+             lambda v: lrn(v), tf_lrn, x, target=1.2),
+        Case("`StochasticPooling2D` (training)", "`MaxPooling2D`",
+             lambda v: stochastic(v, training=True), lambda v: max_pool(v), relu_x, target=2.0),
+        Case("`Dropout(0.5)` (training; context: the cost of Keras' RNG)", "`MaxPooling2D`",
+             lambda v: dropout(v, training=True), lambda v: max_pool(v), relu_x,
+             repeats=3, warmup=1),
+        Case("`StochasticPooling2D` (inference)", "`AveragePooling2D`",
+             lambda v: stochastic(v, training=False), lambda v: avg_pool(v), relu_x, target=1.5),
+        Case("`StochasticPooling2D` (inference)", "`AveragePooling2D`",
+             lambda v: stochastic(v, training=False), lambda v: avg_pool(v), relu_x,
+             forward_only=True),
+        Case("`DeformableConv2D` 3x3, 64 filters", "`Conv2D` 3x3, 64 filters",
+             lambda v: deformable(v), lambda v: conv(v), x,
+             weights=weights, reference_weights=conv_weights, repeats=3, warmup=1),
+    ]  # fmt: skip
+
+
+NOTES = [
+    "Notes:",
+    "",
+    "- Timings on a shared machine move with its load (see the load average above); "
+    "the pairs are interleaved so that a ratio compares like with like, but rerun "
+    "before trusting a difference under about 30%.",
+    "- `StochasticPooling2D` (inference) computes `avg_pool(a**2) / avg_pool(a)` with "
+    "`a = relu(x)`: about five passes over the input (clamp, square, two poolings, "
+    "division) against one for `AveragePooling2D`, and two `AvgPoolGrad` in the "
+    "backward pass. Without a fused kernel this stays 2-4x; the form is kept because "
+    "it converts to TFLite as plain `AVERAGE_POOL_2D` + `DIV` (delegate friendly).",
+    "- Under XLA on CPU, TensorFlow's default stateless RNG (used by every "
+    "`keras.random` call, hence by `Dropout` too, see its row) is very slow; "
+    "`StochasticPooling2D` (training) draws one uniform per window and pays that "
+    "cost. In graph mode (or with `jit_compile=False` in `compile`) it does not.",
+]
+
+
+def machine_description():
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    return [
+        f"- CPUs: {os.cpu_count()} ({platform.processor() or platform.machine()})",
+        f"- platform: {platform.platform()}",
+        f"- Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}",
+        f"- GPUs visible to TensorFlow: {len(tf.config.list_physical_devices('GPU'))}",
+        "- load average at start (1/5/15 min): "
+        + ", ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in load),
+    ]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+
+    cases = build_cases()
+    rows = []
+    for jit in (False, True):
+        mode = "XLA" if jit else "graph"
+        for case in cases:
+            if case.forward_only:
+                cand = _forward(case.fn, jit)
+                ref = _forward(case.reference_fn, jit)
+            else:
+                cand = _step(case.fn, case.weights, jit)
+                ref = _step(case.reference_fn, case.reference_weights, jit)
+            t_cand, t_ref = time_pair(
+                cand,
+                ref,
+                case.x,
+                args.warmup if case.warmup is None else case.warmup,
+                args.repeats if case.repeats is None else case.repeats,
+            )
+            ratio = t_cand / t_ref
+            if case.target is None:
+                target_text, verdict = "-", "report"
+            else:
+                target_text = f"<= {case.target:g}x"
+                verdict = "met" if ratio <= case.target else "missed"
+            rows.append(
+                f"| {case.name} | {case.reference_name} | {mode} "
+                f"| {'fwd' if case.forward_only else 'fwd+bwd'} "
+                f"| {t_cand * 1e3:.1f} | {t_ref * 1e3:.1f} | {ratio:.2f}x | {target_text} "
+                f"| {verdict} |"
+            )
+            print(rows[-1], flush=True)
+
+    text = "\n".join(
+        [
+            "# kcnn layers vs. references",
+            "",
+            f"Input: float32 tensor of shape {SHAPE} (batch, height, width, channels); "
+            "median milliseconds per compiled step; ratio = kcnn / reference, measured "
+            'in the same run. "graph" is `tf.function`, "XLA" is '
+            "`tf.function(jit_compile=True)` (Keras' `fit` default on TensorFlow).",
+            "",
+            "Machine:",
+            "",
+            *machine_description(),
+            "",
+            "| kcnn layer | reference | mode | pass | kcnn ms | reference ms | ratio "
+            "| target | verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Command: `python benchmarks/layers.py` ({args.repeats} repeats, "
+            f"{args.warmup} warm-up; 3 and 1 for the slow Dropout-under-XLA and "
+            "deformable rows).",
+            "",
+            *NOTES,
+            "",
+        ]
+    )
+    print()
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        tmp = RESULTS.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, RESULTS)
+        print(f"written to {RESULTS}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

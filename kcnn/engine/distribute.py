@@ -1,0 +1,168 @@
+"""``tf.distribute`` strategies from a recipe's ``distribute`` section, and mixed precision.
+
+Model building, compiling and checkpoint loading happen inside the strategy's
+scope; the training data come from ``distribute_datasets_from_function`` with
+each input pipeline feeding its own per-replica chunks of every global batch
+(see :class:`kcnn.data.pipeline.EpochFeeder`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import Any
+
+from kcnn.errors import KcnnError
+
+STRATEGIES = ("none", "mirrored", "multi_worker", "tpu")
+
+
+def read_tf_config() -> dict[str, Any]:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise KcnnError("distribute.strategy multi_worker needs the TF_CONFIG environment variable "
+                        '(e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                        '"task": {"type": "worker", "index": 0}})')
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise KcnnError(f"TF_CONFIG is not valid JSON ({err})") from None
+    cluster, task = config.get("cluster"), config.get("task")
+    if not isinstance(cluster, dict) or not cluster or not isinstance(task, dict):
+        raise KcnnError("TF_CONFIG must have a 'cluster' mapping and a 'task' with 'type' and 'index'")
+    kind, index = task.get("type"), task.get("index")
+    if kind not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
+        raise KcnnError(f"TF_CONFIG task {task} does not name a member of the cluster {cluster}")
+    return config
+
+
+def patch_keras_multi_worker_reduce() -> None:
+    """Work around Keras 3's ``fit`` under MultiWorkerMirroredStrategy.
+
+    Keras averages each step's logs across workers with ``strategy.reduce("MEAN",
+    v, axis=0)``, which fails on the scalar loss and metric values ("Invalid
+    reduction dimension 0 for input with 0 dimensions", tensorflow/tensorflow#72388).
+    Scalars are reduced with ``axis=None`` instead; everything else is unchanged.
+    Applied only when a multi_worker strategy is created.
+    """
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer.reduce_per_replica, "_kcnn_patched", False):
+        return
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and reduction in ("auto", "mean"):
+            def mean(v):
+                if isinstance(v, tf.distribute.DistributedValues) or tf.is_tensor(v):
+                    rank = len(strategy.experimental_local_results(v)[0].shape) if isinstance(
+                        v, tf.distribute.DistributedValues) else len(v.shape)
+                    return strategy.reduce("MEAN", v, axis=0 if rank else None)
+                return v
+
+            return tf.nest.map_structure(mean, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._kcnn_patched = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def is_chief(config: dict[str, Any] | None) -> bool:
+    """The chief writes the run dir: task 'chief', else worker 0."""
+    if not config:
+        return True
+    kind, index = config["task"]["type"], config["task"]["index"]
+    return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in config["cluster"])
+
+
+def make_strategy(cfg) -> tuple[Any, dict[str, Any] | None]:
+    """(strategy or None, TF_CONFIG dict for multi_worker)."""
+    if cfg.strategy == "none":
+        return None, None
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise KcnnError(f"distribute.strategy {cfg.strategy!r} needs the TensorFlow backend "
+                        f"(KERAS_BACKEND is {keras.backend.backend()!r})")
+    import tensorflow as tf
+
+    if cfg.strategy == "mirrored":
+        if cfg.devices:
+            known = {d.name.replace("/device:", "/").lower() for d in tf.config.list_logical_devices()}
+            wanted = [d.lower().replace("/device:", "/") for d in cfg.devices]
+            missing = [d for d, w in zip(cfg.devices, wanted)
+                       if not any(k.endswith(w.lstrip("/")) for k in known)]
+            if missing:
+                raise KcnnError(f"distribute.devices: no device {missing[0]!r}; this machine has "
+                                f"{', '.join(sorted(known))}")
+        return tf.distribute.MirroredStrategy(devices=cfg.devices), None
+    if cfg.strategy == "multi_worker":
+        config = read_tf_config()
+        patch_keras_multi_worker_reduce()
+        return tf.distribute.MultiWorkerMirroredStrategy(), config
+    if cfg.strategy == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.tpu or "")
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except Exception as err:  # no TPU here, or a wrong address
+            raise KcnnError(f"distribute.strategy tpu: cannot reach a TPU ({type(err).__name__}: {err})") from None
+        return tf.distribute.TPUStrategy(resolver), None
+    raise KcnnError(f"distribute.strategy: unknown strategy {cfg.strategy!r}; valid: {', '.join(STRATEGIES)}")
+
+
+def scope(strategy):
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
+def check_global_batch(batch_size: int, replicas: int) -> int:
+    if batch_size % replicas:
+        raise KcnnError(
+            f"train.batch_size {batch_size} does not divide by the {replicas} replicas; use a multiple "
+            f"of {replicas} (each epoch's last partial batch is dropped, but every full batch is split evenly)"
+        )
+    return batch_size // replicas
+
+
+def distributed_train_dataset(strategy, setup, sampler, batch_size: int, begin: int, end: int):
+    """(DistributedDataset, feeders) for epochs ``begin .. end-1``: every input pipeline
+    feeds its own per-replica chunks of each global batch (``setup.train_dataset``)."""
+    import tensorflow as tf
+
+    from kcnn.data.pipeline import EpochFeeder
+
+    feeders: list[EpochFeeder] = []
+
+    def dataset_fn(ctx: tf.distribute.InputContext):
+        replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        feeder = EpochFeeder(sampler, batch_size, begin, end,
+                             shard=(ctx.input_pipeline_id, ctx.num_input_pipelines, replicas))
+        feeders.append(feeder)
+        return setup.train_dataset(feeder)
+
+    return strategy.distribute_datasets_from_function(dataset_fn), feeders
+
+
+def set_precision(precision: str) -> None:
+    """Set the Keras dtype policy; refuse float16 where it cannot run properly."""
+    import keras
+
+    if precision == "mixed_float16":
+        backend = keras.backend.backend()
+        gpus = []
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+        elif backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if not gpus:
+            raise KcnnError(
+                "train.precision mixed_float16 needs a GPU (float16 math on this CPU is emulated and "
+                "far slower than float32); use mixed_bfloat16 or float32 here"
+            )
+    keras.mixed_precision.set_global_policy(precision)

@@ -1,0 +1,1 @@
+"""Export to TFLite / SavedModel / .keras, each export verified (TensorFlow backend only)."""
