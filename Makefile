@@ -24,13 +24,16 @@ demo: install
 	$(KCNN) train recipes/quickstart.yaml | tee runs/.demo-train.log
 	$(KCNN) evaluate "$$(tail -n 1 runs/.demo-train.log)"
 
-# The full suite on TensorFlow, then the backend-neutral parts (layers, model builders,
-# losses) again on the JAX backend.
-JAX_TESTS := tests/layers tests/models tests/losses
+# The full suite on TensorFlow, then the backend-neutral parts (layers, the model
+# registry, losses) again on the JAX backend.
+JAX_TESTS := tests/layers tests/models/test_registry.py tests/losses
 
+# Two pytest-xdist workers (one per core; a test file stays on one worker so its module
+# fixtures are built once); timing-sensitive tests run alone afterwards.
 test: install
-	$(PY) -m pytest -q
-	KERAS_BACKEND=jax $(PY) -m pytest -q $(JAX_TESTS)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -m serial
+	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 --dist loadfile $(JAX_TESTS)
 
 lint: install
 	$(VENV)/bin/ruff check kcnn tests benchmarks

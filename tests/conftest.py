@@ -2,6 +2,15 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Under KERAS_BACKEND=jax every new shape of every eager op is compiled by XLA; with the
+# default optimisation level that costs seconds per op on a small CPU. The tests use tiny
+# tensors, so ask XLA for its unoptimised backend. Must run before JAX creates its client.
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if os.environ.get("KERAS_BACKEND") == "jax" and "xla_backend_optimization_level" not in (
+    os.environ.get("XLA_FLAGS", "")
+):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
+
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402

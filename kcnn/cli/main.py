@@ -72,6 +72,10 @@ def train(
     from kcnn.recipes import load
 
     parsed = load(recipe, set_) if recipe is not None else None
+    if resume is not None:  # check the folder before paying for the TensorFlow import
+        from kcnn.engine.rundir import RunDir
+
+        RunDir.open(resume).read_state()
     from kcnn.engine.train import train as run_training
 
     path = run_training(parsed, run_dir=run_dir, resume=resume)
