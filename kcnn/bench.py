@@ -87,6 +87,8 @@ def _compile(model, recipe, num_classes: int, steps_per_epoch: int, class_counts
 
 def bench_train(recipe, *, steps: int = 60, warmup: int = 10, batch_size: int | None = None,
                 synthetic: bool = False, compare_plain: bool = False) -> dict[str, Any]:
+    if recipe.data.task == "regression":
+        raise KcnnError("kcnn bench train: classification recipes only (data.task is regression)")
     import keras
 
     from kcnn.engine.distribute import set_precision

@@ -51,6 +51,9 @@ def load_source(run_dir: str | Path) -> Source:
     run = open_source_run(run_dir)
     recipe = load(run.recipe)
     setup_determinism(recipe.seed, recipe.train.deterministic)
+    if recipe.data.task == "regression":
+        raise KcnnError(f"{run.path}: kcnn compress measures class accuracy; regression runs "
+                        f"(data.task: regression) are not supported")
     data = load_dataset(recipe.data)
     model = load_keras_model(run.model)
     if not hasattr(model, "_nodes_by_depth"):

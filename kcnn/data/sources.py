@@ -2,7 +2,7 @@
 
 Every source returns images as ``(N, H, W, C)`` arrays (uint8 or float32, raw
 pixel values: rescaling and standardization are part of the model) and integer
-labels ``(N,)``.
+labels ``(N,)``, or, under ``data.task: regression``, float32 targets ``(N, k)``.
 """
 
 from __future__ import annotations
@@ -37,16 +37,29 @@ class Dataset:
     train: Split
     val: Split
     test: Split
-    num_classes: int
-    class_names: list[str]
+    num_classes: int  # regression: the number of targets (the model's output width)
+    class_names: list[str]  # regression: the target names
+    task: str = "classification"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.train.x.shape[1:])
 
     @property
-    def class_counts(self) -> np.ndarray:
-        """Training samples per class (what class weights and priors are computed from)."""
+    def is_regression(self) -> bool:
+        return self.task == "regression"
+
+    @property
+    def sampler_labels(self) -> np.ndarray:
+        """What the sampler orders: the class labels (one pseudo-class under regression)."""
+        return np.zeros(len(self.train), np.int64) if self.is_regression else self.train.y
+
+    @property
+    def class_counts(self) -> np.ndarray | None:
+        """Training samples per class (what class weights and priors are computed from);
+        None under regression."""
+        if self.is_regression:
+            return None
         return np.bincount(self.train.y, minlength=self.num_classes)[: self.num_classes]
 
     def split(self, name: str) -> Split:
@@ -56,7 +69,7 @@ class Dataset:
 
 
 # ----------------------------------------------------------------------------- sources
-def _digits(src: S.DigitsSource):
+def _digits(src: S.DigitsSource, task: str):
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -73,7 +86,7 @@ def _resize(x: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
 
 
-def _npz(src: S.NpzSource):
+def _npz(src: S.NpzSource, task: str):
     path = Path(src.path)
     if not path.is_file():
         raise DataError(f"data.source.path: npz file not found: {path}")
@@ -84,6 +97,7 @@ def _npz(src: S.NpzSource):
     for key in ("x", "y"):
         if key not in arrays:
             raise DataError(f"{path}: missing array {key!r} (found: {', '.join(sorted(arrays))})")
+    convert = _targets if task == "regression" else _labels
 
     def pair(xk: str, yk: str):
         if (xk in arrays) != (yk in arrays):
@@ -93,10 +107,11 @@ def _npz(src: S.NpzSource):
         x, y = _images(arrays[xk], f"{path}: {xk}"), np.asarray(arrays[yk])
         if len(x) != len(y):
             raise DataError(f"{path}: {xk!r} has {len(x)} samples but {yk!r} has {len(y)}")
-        return Split(x, _labels(y, f"{path}: {yk}"))
+        return Split(x, convert(y, f"{path}: {yk}"))
 
     main, val, test = pair("x", "y"), pair("x_val", "y_val"), pair("x_test", "y_test")
-    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
+    name_key = "target_names" if task == "regression" else "class_names"
+    names = [str(n) for n in arrays[name_key]] if name_key in arrays else None
     return main.x, main.y, val, test, names, _sample_weights(arrays, len(main), path)
 
 
@@ -112,11 +127,16 @@ def _sample_weights(arrays: dict[str, np.ndarray], n: int, path: Path) -> np.nda
         w = w[:, 0]
     if w.shape != (n,) or w.dtype.kind not in "iuf":
         raise DataError(f"{path}: {keys[0]!r} must be {n} numbers, one per sample of 'x' (got shape {w.shape}, dtype {w.dtype})")
-    w = w.astype("float32")
+    return _check_costs(w, f"{path}: {keys[0]!r}")
+
+
+def _check_costs(w: np.ndarray, where: str) -> np.ndarray:
+    """Per-sample costs as float32: finite, >= 0 and not all zero."""
+    w = np.asarray(w, dtype="float32")
     if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise DataError(f"{path}: {keys[0]!r} must be finite and >= 0 (per-sample costs)")
+        raise DataError(f"{where} must be finite and >= 0 (per-sample costs)")
     if not np.any(w > 0):
-        raise DataError(f"{path}: {keys[0]!r} is all zeros: no sample would count")
+        raise DataError(f"{where} is all zeros: no sample would count")
     return w
 
 
@@ -142,13 +162,37 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
     return y.astype("int64")
 
 
+def _targets(y: np.ndarray, where: str) -> np.ndarray:
+    """Regression targets as float32 ``(N, k)``: a vector becomes one column."""
+    y = np.asarray(y)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[1] == 0:
+        raise DataError(f"{where}: expected regression targets of shape (N,) or (N, k) (got {y.shape})")
+    if y.dtype.kind not in "iuf":
+        raise DataError(f"{where}: regression targets must be numbers (got dtype {y.dtype})")
+    y = y.astype("float32")
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"{where}: regression targets must be finite (found NaN or inf)")
+    return y
+
+
 def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _load_folder(root: Path, classes: list[str], src: S.DirectorySource) -> Split:
+def _load_image(path: Path, src: S.DirectorySource | S.CsvSource) -> np.ndarray:
+    """One image file as a uint8 (H, W, C) array of the source's size and colour mode."""
     import keras
 
+    try:
+        img = keras.utils.load_img(path, color_mode=src.color_mode, target_size=tuple(src.image_size))
+    except Exception as err:
+        raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
+    return np.asarray(keras.utils.img_to_array(img), dtype="uint8")
+
+
+def _load_folder(root: Path, classes: list[str], src: S.DirectorySource) -> Split:
     xs, ys = [], []
     for label, name in enumerate(classes):
         folder = root / name
@@ -160,18 +204,12 @@ def _load_folder(root: Path, classes: list[str], src: S.DirectorySource) -> Spli
         if not files:
             raise DataError(f"{folder}: class folder {name!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
         for f in files:
-            try:
-                img = keras.utils.load_img(
-                    f, color_mode=src.color_mode, target_size=tuple(src.image_size)
-                )
-            except Exception as err:
-                raise DataError(f"{f}: unreadable image ({type(err).__name__}: {err})") from None
-            xs.append(np.asarray(keras.utils.img_to_array(img), dtype="uint8"))
+            xs.append(_load_image(f, src))
             ys.append(label)
     return Split(np.stack(xs), np.asarray(ys, dtype="int64"))
 
 
-def _directory(src: S.DirectorySource):
+def _directory(src: S.DirectorySource, task: str):
     root = Path(src.path)
     if not root.is_dir():
         raise DataError(f"data.source.path: image folder not found: {root}")
@@ -186,7 +224,7 @@ def _directory(src: S.DirectorySource):
     return train.x, train.y, val, test, classes
 
 
-def _keras(src: S.KerasSource):
+def _keras(src: S.KerasSource, task: str):
     import keras
 
     module = getattr(keras.datasets, src.name)
@@ -197,17 +235,107 @@ def _keras(src: S.KerasSource):
     return _images(x, src.name), _labels(y, src.name), None, Split(_images(xt, src.name), _labels(yt, src.name)), None
 
 
-_SOURCES = {"digits": _digits, "npz": _npz, "directory": _directory, "keras": _keras}
+_SPLIT_NAMES = ("train", "val", "test")
+
+
+def _csv(src: S.CsvSource, task: str):
+    """Rows of (image path, label or targets[, cost][, split]); see :class:`S.CsvSource`."""
+    import csv
+
+    path = Path(src.path)
+    if not path.is_file():
+        raise DataError(f"data.source.path: CSV file not found: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = list(reader.fieldnames or [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path}: cannot read CSV file ({err})") from None
+    label_columns = [src.label_column] if isinstance(src.label_column, str) else list(src.label_column)
+    if task != "regression" and len(label_columns) != 1:
+        raise DataError(f"{path}: data.source.label_column: classification takes one label column "
+                        f"(got {label_columns})")
+    wanted = [("image_column", src.image_column)] + [("label_column", c) for c in label_columns]
+    wanted += [(k, getattr(src, k)) for k in ("weight_column", "split_column") if getattr(src, k)]
+    for key, column in wanted:
+        if column not in columns:
+            raise DataError(f"{path}: data.source.{key}: no column {column!r} "
+                            f"(columns: {', '.join(columns) or 'none'})")
+    if not rows:
+        raise DataError(f"{path}: the CSV file has a header but no rows")
+
+    def cell(i: int, column: str) -> str:
+        value = (rows[i].get(column) or "").strip()
+        if not value:
+            raise DataError(f"{path}: line {i + 2}: empty {column!r}")
+        return value
+
+    def number(i: int, column: str) -> float:
+        try:
+            return float(cell(i, column))
+        except ValueError:
+            raise DataError(f"{path}: line {i + 2}: {column!r} must be a number "
+                            f"(got {cell(i, column)!r})") from None
+
+    root = Path(src.root).expanduser() if src.root else path.parent
+    root = root if root.is_absolute() else path.parent / root
+    images = []
+    for i in range(len(rows)):
+        file = root / cell(i, src.image_column)
+        if not file.is_file():
+            raise DataError(f"{path}: line {i + 2}: image file not found: {file}")
+        images.append(_load_image(file, src))
+    x = np.stack(images)
+    names = None
+    if task == "regression":
+        y = np.asarray([[number(i, c) for c in label_columns] for i in range(len(rows))], "float32")
+        y, names = _targets(y, f"{path}: {', '.join(label_columns)}"), label_columns
+    else:
+        raw = [cell(i, label_columns[0]) for i in range(len(rows))]
+        try:
+            y = np.asarray([int(v) for v in raw], dtype="int64")
+        except ValueError:  # class names: sorted, like the directory source's folders
+            names = sorted(set(raw))
+            y = np.asarray([names.index(v) for v in raw], dtype="int64")
+    w = None
+    if src.weight_column:
+        w = _check_costs(np.asarray([number(i, src.weight_column) for i in range(len(rows))]),
+                         f"{path}: {src.weight_column!r}")
+    if not src.split_column:
+        return x, y, None, None, names, w
+    part = np.asarray([cell(i, src.split_column).lower() for i in range(len(rows))])
+    bad = np.flatnonzero(~np.isin(part, _SPLIT_NAMES))
+    if len(bad):
+        raise DataError(f"{path}: line {bad[0] + 2}: {src.split_column!r} must be train, val or test "
+                        f"(got {str(part[bad[0]])!r})")
+    whole = Split(x, y, w)
+    splits = {name: whole.take(np.flatnonzero(part == name)) for name in _SPLIT_NAMES}
+    if len(splits["train"]) == 0:
+        raise DataError(f"{path}: no row has {src.split_column!r} = train")
+    main = splits["train"]
+    val, test = (splits[n] if len(splits[n]) else None for n in ("val", "test"))
+    return main.x, main.y, val, test, names, main.w
+
+
+_SOURCES = {"digits": _digits, "npz": _npz, "directory": _directory, "keras": _keras, "csv": _csv}
 
 
 # ----------------------------------------------------------------------------- split
-def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out) with ``fraction`` of each class held out."""
+def stratified_split(y: np.ndarray, fraction: float, seed: int,
+                     stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out) with ``fraction`` of each class held out
+    (``stratify=False``: of the whole set, for regression targets)."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
     if fraction <= 0:
         return idx, idx[:0]
+    if not stratify:
+        if len(y) < 2:
+            raise DataError(f"data: {len(y)} sample cannot be split (data.split)")
+        keep, held = train_test_split(idx, test_size=fraction, random_state=seed)
+        return np.sort(keep), np.sort(held)
     counts = np.bincount(y)
     present = counts[counts > 0]
     n_held = int(np.ceil(fraction * len(y)))
@@ -276,7 +404,9 @@ def load_dataset(data: S.Data) -> Dataset:
     then split off the rest the same way. ``data.long_tail`` then subsamples the
     training split only. Per-sample weights (npz ``w``/``cost``) follow their samples.
     """
-    x, y, val, test, names, *weights = _SOURCES[data.source.type](data.source)
+    x, y, val, test, names, *weights = _SOURCES[data.source.type](data.source, data.task)
+    if data.task == "regression":
+        return _regression_dataset(data, Split(x, y, weights[0] if weights else None), val, test, names)
     given = [("train", y)] + [(n, s.y) for n, s in (("val", val), ("test", test)) if s is not None]
     num_classes = data.num_classes or int(max(labels.max(initial=-1) for _, labels in given) + 1)
     for split_name, labels in given:
@@ -311,3 +441,28 @@ def load_dataset(data: S.Data) -> Dataset:
     if names is None or len(names) != num_classes:
         names = [str(c) for c in range(num_classes)]
     return Dataset(train, val, test, num_classes, names)
+
+
+def _regression_dataset(data: S.Data, train: Split, val: Split | None, test: Split | None,
+                        names: list[str] | None) -> Dataset:
+    """A regression data set: random (unstratified) splits of float targets (N, k)."""
+    k = train.y.shape[1]
+    for split_name, split in (("val", val), ("test", test)):
+        if split is not None and split.y.shape[1] != k:
+            raise DataError(f"data: {split_name} has {split.y.shape[1]} targets per sample, train {k}")
+    if test is None:
+        keep, held = stratified_split(train.y, data.split.test, data.split.seed, stratify=False)
+        train, test = train.take(keep), train.take(held)
+    if val is None:
+        keep, held = stratified_split(train.y, data.split.val, data.split.seed, stratify=False)
+        train, val = train.take(keep), train.take(held)
+    for split_name, split in (("val", val), ("test", test)):
+        if split.x.shape[1:] != train.x.shape[1:]:
+            raise DataError(
+                f"data: {split_name} images have shape {split.x.shape[1:]}, train {train.x.shape[1:]}"
+            )
+    if len(train) == 0:
+        raise DataError("data: the training split is empty")
+    if names is None or len(names) != k:
+        names = ["target"] if k == 1 else [f"target_{i}" for i in range(k)]
+    return Dataset(train, val, test, k, names, task="regression")

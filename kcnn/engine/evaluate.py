@@ -4,6 +4,10 @@ Metrics come from scikit-learn. ``metrics.json`` keys: accuracy,
 balanced_accuracy, macro_f1, g_mean (geometric mean of the per-class recalls),
 loss, per_class, confusion_matrix, expected_cost (when the recipe's loss has a
 cost matrix), plus split, num_samples and model for provenance.
+
+Under ``data.task: regression`` the keys are mse, rmse, mae, r2 (scikit-learn,
+averaged uniformly over the targets), loss and per_target (a list of
+``{target, mse, rmse, mae, r2}``), and the plot is predicted against true values.
 """
 
 from __future__ import annotations
@@ -62,6 +66,32 @@ def classification_metrics(y: np.ndarray, logits: np.ndarray, class_names: list[
     }
 
 
+def regression_metrics(y: np.ndarray, pred: np.ndarray, target_names: list[str],
+                       loss: float | None) -> dict[str, Any]:
+    """mse, rmse, mae and r2 over all targets (uniform average) and per target."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    y = np.asarray(y, dtype="float64").reshape(len(y), -1)
+    pred = np.asarray(pred, dtype="float64").reshape(y.shape)
+    mse = mean_squared_error(y, pred, multioutput="raw_values")
+    mae = mean_absolute_error(y, pred, multioutput="raw_values")
+    # r2 is undefined for a constant target or a single sample; report None then.
+    defined = len(y) > 1 and bool(np.all(np.var(y, axis=0) > 0))
+    r2 = r2_score(y, pred, multioutput="raw_values") if defined else [None] * y.shape[1]
+    return {
+        "mse": float(mse.mean()),
+        "rmse": float(np.sqrt(mse).mean()),
+        "mae": float(mae.mean()),
+        "r2": float(np.mean(r2)) if defined else None,
+        "loss": None if loss is None else float(loss),
+        "per_target": [
+            {"target": name, "mse": float(m), "rmse": float(np.sqrt(m)), "mae": float(a),
+             "r2": None if r is None else float(r)}
+            for name, m, a, r in zip(target_names, mse, mae, r2)
+        ],
+    }
+
+
 def predict_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     from kcnn.data.pipeline import eval_dataset
     from kcnn.data.sources import Split
@@ -74,7 +104,8 @@ def recipe_loss(recipe: Recipe, data: Dataset):
     """The recipe's training loss, with the training split's class counts."""
     from kcnn.losses import make_loss
 
-    return make_loss(recipe.train.loss, data.num_classes, data.class_counts, data.class_names)
+    return make_loss(recipe.train.loss, data.num_classes, data.class_counts, data.class_names,
+                     regression=data.is_regression)
 
 
 def score_logits(recipe: Recipe, data: Dataset, y: np.ndarray, logits: np.ndarray) -> dict[str, Any]:
@@ -89,27 +120,42 @@ def score_logits(recipe: Recipe, data: Dataset, y: np.ndarray, logits: np.ndarra
 
     loss_fn = recipe_loss(recipe, data)
     loss = float(ops.convert_to_numpy(loss_fn(y, logits)))
+    if data.is_regression:
+        return regression_metrics(y, logits, data.class_names, loss)
     if hasattr(loss_fn, "adjust_logits"):
         logits = loss_fn.adjust_logits(logits)
     return classification_metrics(y, logits, data.class_names, loss, cost_matrix_of(recipe.train.loss))
 
 
-def evaluate_keras_model(model, recipe: Recipe, data: Dataset, split: str) -> dict[str, Any]:
+def evaluate_keras_model(model, recipe: Recipe, data: Dataset, split: str,
+                         with_outputs: bool = False):
+    """Metrics of ``model`` on a split; with ``with_outputs``, also ``(y, outputs)``
+    (what the regression plot is drawn from)."""
     part = data.split(split)
     if len(part) == 0:
         raise KcnnError(f"the {split} split is empty; choose another with --split")
     logits = predict_logits(model, part.x, recipe.train.batch_size)
-    metrics = score_logits(recipe, data, part.y, logits)
-    return {**metrics, "split": split, "num_samples": int(len(part))}
+    metrics = {**score_logits(recipe, data, part.y, logits), "split": split,
+               "num_samples": int(len(part))}
+    return (metrics, (part.y, logits)) if with_outputs else metrics
 
 
 def write_metrics(metrics: dict[str, Any], path: Path, plots_dir: Path | None,
-                  class_names: list[str], title: str) -> None:
+                  class_names: list[str], title: str, predictions=None) -> None:
+    """metrics.json, and the confusion matrix (or, for regression, the predicted-vs-true
+    plot from ``predictions = (y, pred)``)."""
     write_json(path, metrics)
+    split = metrics.get("split", "test")
+    if plots_dir is not None and "per_target" in metrics:
+        if predictions is not None:
+            from kcnn.viz.plots import predicted_vs_true
+
+            name = "predicted_vs_true.png" if split == "test" else f"predicted_vs_true_{split}.png"
+            predicted_vs_true(*predictions, class_names, plots_dir / name, title=title)
+        return
     if plots_dir is not None:
         from kcnn.viz.plots import confusion_matrix
 
-        split = metrics.get("split", "test")
         name = "confusion_matrix.png" if split == "test" else f"confusion_matrix_{split}.png"
         confusion_matrix(np.asarray(metrics["confusion_matrix"]), class_names,
                          plots_dir / name, title=title)
@@ -155,14 +201,14 @@ def evaluate(target: str | Path, *, recipe_path: str | Path | None = None, split
     split = split or recipe.evaluate.split
     data = load_dataset(recipe.data)
     model = load_keras_model(model_path)
-    metrics = evaluate_keras_model(model, recipe, data, split)
+    metrics, outputs = evaluate_keras_model(model, recipe, data, split, with_outputs=True)
     metrics["model"] = str(model_path)
     if write:
         if run is not None:
             path, plots = run.metrics_for(split), (run.plots if recipe.evaluate.plots else None)
         else:
             path, plots = out_dir / f"{model_path.stem}.metrics_{split}.json", None
-        write_metrics(metrics, path, plots, data.class_names, f"{recipe.name} — {split}")
+        write_metrics(metrics, path, plots, data.class_names, f"{recipe.name} — {split}", outputs)
         metrics["written_to"] = str(path)
     return metrics
 
@@ -198,7 +244,9 @@ def _evaluate_tflite(target: Path, recipe_path, split: str | None, write: bool) 
 
 
 def format_report(metrics: dict[str, Any]) -> str:
-    """A short human-readable summary with a per-class table."""
+    """A short human-readable summary with a per-class (or per-target) table."""
+    if "per_target" in metrics:
+        return _format_regression(metrics)
     extra = "".join(f"  {k} {metrics[k]:.4f}" for k in ("g_mean", "expected_cost") if k in metrics)
     lines = [
         f"split: {metrics.get('split')}  samples: {metrics.get('num_samples')}",
@@ -212,4 +260,21 @@ def format_report(metrics: dict[str, Any]) -> str:
             f"{row['class']:>12} {row['precision']:9.3f} {row['recall']:7.3f} {row['f1']:6.3f} "
             f"{row['support']:7d}"
         )
+    return "\n".join(lines)
+
+
+def _format_regression(metrics: dict[str, Any]) -> str:
+    def num(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    lines = [
+        f"split: {metrics.get('split')}  samples: {metrics.get('num_samples')}",
+        f"mse {num(metrics['mse'])}  rmse {num(metrics['rmse'])}  mae {num(metrics['mae'])}  "
+        f"r2 {num(metrics['r2'])}  loss {num(metrics['loss'])}",
+        "",
+        f"{'target':>12} {'mse':>10} {'rmse':>10} {'mae':>10} {'r2':>8}",
+    ]
+    for row in metrics["per_target"]:
+        lines.append(f"{row['target']:>12} {num(row['mse']):>10} {num(row['rmse']):>10} "
+                     f"{num(row['mae']):>10} {num(row['r2']):>8}")
     return "\n".join(lines)

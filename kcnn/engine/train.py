@@ -115,7 +115,6 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks) -> Path:
     from kcnn.data.samplers import make_sampler
     from kcnn.data.sources import load_dataset
     from kcnn.engine.callbacks import RunCheckpoint
-    from kcnn.engine.evaluate import evaluate_keras_model, write_metrics
     from kcnn.engine.distribute import (
         check_global_batch,
         distributed_train_dataset,
@@ -124,10 +123,10 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks) -> Path:
         scope,
         set_precision,
     )
+    from kcnn.engine.evaluate import evaluate_keras_model, recipe_loss, write_metrics
     from kcnn.engine.finetune import apply_freeze, frozen_layers, units, warm_start
     from kcnn.engine.optim import make_optimizer
     from kcnn.engine.rundir import RunDir
-    from kcnn.losses import make_loss
 
     state: dict[str, Any] = {}
     if resume is not None:
@@ -152,7 +151,7 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks) -> Path:
               f"x {per_replica}", file=sys.stderr)
     with scope(strategy):
         model, stats = build_model(recipe, data)
-        loss = make_loss(cfg.loss, data.num_classes, data.class_counts, data.class_names)
+        loss = recipe_loss(recipe, data)
         phases = training_phases(cfg, len(units(model)))
         if recipe.model.init is not None and resume is None:  # a resumed run has its checkpoint
             init = recipe.model.init
@@ -268,11 +267,11 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks) -> Path:
 
     best = keras.saving.load_model(run.model, compile=False)
     split = recipe.evaluate.split
-    metrics = evaluate_keras_model(best, recipe, data, split)
+    metrics, outputs = evaluate_keras_model(best, recipe, data, split, with_outputs=True)
     metrics["model"] = str(run.model)
     metrics["best_epoch"] = (checkpoint.best_epoch + 1) if checkpoint.best_epoch is not None else None
     write_metrics(metrics, run.metrics_for(split), run.plots if recipe.evaluate.plots else None,
-                  data.class_names, f"{recipe.name} — {split}")
+                  data.class_names, f"{recipe.name} — {split}", outputs)
     return run.path
 
 
@@ -359,11 +358,14 @@ class Setup:
 
     @classmethod
     def plain(cls, model, loss, data, recipe):
+        import keras
+
         from kcnn.data.pipeline import eval_dataset, train_dataset
 
+        metrics = [keras.metrics.MeanAbsoluteError(name="mae")] if data.is_regression else ["accuracy"]
         return cls(
-            model, None, loss, ["accuracy"],
+            model, None, loss, metrics,
             lambda feeder: train_dataset(data.train, feeder, recipe.data.augment, recipe.seed),
             lambda bs: eval_dataset(data.val, bs) if len(data.val) else None,
-            data.train.y, data.class_names,
+            data.sampler_labels, ["all"] if data.is_regression else data.class_names,
         )

@@ -42,7 +42,10 @@ def default_out(run, fmt: str, mode: str) -> Path:
 
 def verify(content: bytes, keras_model, data, split: str, mode: str, batch_size: int = 64,
            latency_runs: int = 100) -> dict[str, Any]:
-    """Accuracy and agreement against the Keras model, logit error, latency and op list."""
+    """Accuracy and agreement against the Keras model, logit error, latency and op list.
+
+    For a regression run: mse and mae of the TFLite and the Keras outputs against the
+    targets, and the largest absolute difference between the two."""
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     from kcnn.engine.evaluate import predict_logits
@@ -53,24 +56,37 @@ def verify(content: bytes, keras_model, data, split: str, mode: str, batch_size:
     tfl = TFLiteModel(content)
     lite_logits = tfl.predict(part.x, batch_size)
     keras_logits = predict_logits(keras_model, part.x, batch_size)
-    lite_pred, keras_pred = lite_logits.argmax(-1), keras_logits.argmax(-1)
     ops = tfl.ops()
     op_types = sorted({o["op"] for o in ops})
     integer = mode in ("int8", "int16x8")
     fallback_ops, fallback_layers = (
         float_fallback(ops, [layer.name for layer in keras_model.layers]) if integer else ([], [])
     )
+    if data.is_regression:
+        y = np.asarray(part.y, dtype="float64").reshape(lite_logits.shape)
+        scores = {
+            "mse": float(np.mean((lite_logits - y) ** 2)),
+            "mae": float(np.mean(np.abs(lite_logits - y))),
+            "keras_mse": float(np.mean((keras_logits - y) ** 2)),
+            "keras_mae": float(np.mean(np.abs(keras_logits - y))),
+            "max_abs_output_diff": float(np.max(np.abs(lite_logits - keras_logits))),
+        }
+    else:
+        lite_pred, keras_pred = lite_logits.argmax(-1), keras_logits.argmax(-1)
+        scores = {
+            "accuracy": float(accuracy_score(part.y, lite_pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(part.y, lite_pred)),
+            "keras_accuracy": float(accuracy_score(part.y, keras_pred)),
+            "keras_balanced_accuracy": float(balanced_accuracy_score(part.y, keras_pred)),
+            "agreement": float(np.mean(lite_pred == keras_pred)),
+            "max_abs_logit_diff": float(np.max(np.abs(lite_logits - keras_logits)))
+            if mode in FLOAT_MODES else None,
+        }
     return {
         "split": split,
         "num_samples": int(len(part)),
         "size_bytes": len(content),
-        "accuracy": float(accuracy_score(part.y, lite_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(part.y, lite_pred)),
-        "keras_accuracy": float(accuracy_score(part.y, keras_pred)),
-        "keras_balanced_accuracy": float(balanced_accuracy_score(part.y, keras_pred)),
-        "agreement": float(np.mean(lite_pred == keras_pred)),
-        "max_abs_logit_diff": float(np.max(np.abs(lite_logits - keras_logits)))
-        if mode in FLOAT_MODES else None,
+        **scores,
         "latency_ms_median": tfl.latency_ms(part.x[0], runs=latency_runs),
         "latency_runs": latency_runs,
         "latency_threads": 1,
@@ -99,7 +115,7 @@ def export_tflite(run_dir: str | Path, *, mode: str = "none", out: str | Path | 
         raise KcnnError(f"--calibration: must be >= 1 (got {n_cal})")
     data = load_dataset(recipe.data)
     model = load_keras_model(run.model)
-    samples = balanced_calibration(data.train.x, data.train.y, n_cal, recipe.seed)
+    samples = balanced_calibration(data.train.x, data.sampler_labels, n_cal, recipe.seed)
     content = convert(model, mode, samples, int8_io=int8_io)
     report = verify(content, model, data, split, mode, recipe.train.batch_size, latency_runs)
     if report["float_fallback_layers"] or report["float_fallback_ops"]:
@@ -170,6 +186,8 @@ def export_all(run_dir: str | Path, *, calibration: int | None = None,
 
 
 def comparison_table(reports: list[dict[str, Any]]) -> str:
+    if reports and "mse" in reports[0]:
+        return _regression_table(reports)
     base = next((r["size_bytes"] for r in reports if r.get("quantize") == "none"), None)
     base_lat = next((r["latency_ms_median"] for r in reports if r.get("quantize") == "none"), None)
     lines = [
@@ -187,5 +205,22 @@ def comparison_table(reports: list[dict[str, Any]]) -> str:
             f"{'–' if diff is None else f'{diff:.2e}'} | {r['latency_ms_median']:.3f} | "
             f"{(r['latency_ms_median'] / base_lat) if base_lat else float('nan'):.2f} | "
             f"{', '.join(r.get('float_fallback_layers') or r.get('float_fallback_ops') or []) or 'none'} |"
+        )
+    return "\n".join(lines)
+
+
+def _regression_table(reports: list[dict[str, Any]]) -> str:
+    base = next((r for r in reports if r.get("quantize") == "none"), None)
+    lines = [
+        "| mode | size (KiB) | × float | mse | Keras mse | mae | max abs output diff | latency (ms) | × float |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        size = f"{r['size_bytes'] / base['size_bytes']:.2f}" if base else "–"
+        lat = f"{r['latency_ms_median'] / base['latency_ms_median']:.2f}" if base else "–"
+        lines.append(
+            f"| {r['quantize']} | {r['size_bytes'] / 1024:.1f} | {size} | {r['mse']:.4g} | "
+            f"{r['keras_mse']:.4g} | {r['mae']:.4g} | {r['max_abs_output_diff']:.2e} | "
+            f"{r['latency_ms_median']:.3f} | {lat} |"
         )
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Losses, registered by the name a recipe's ``train.loss.type`` uses.
 
-Every loss takes integer class labels and the model's logits, and returns one
-value per sample, so Keras applies per-sample weights (an npz ``w``/``cost``
+Every loss takes integer class labels (``mse``/``l2`` also float regression
+targets) and the model's logits, and returns one value per sample, so Keras applies per-sample weights (an npz ``w``/``cost``
 array) on top.
 
 | type             | module              | cost-sensitive by                                   |
@@ -25,17 +25,24 @@ from kcnn.registry import Registry
 LOSSES: Registry[Any] = Registry("loss")
 
 
-def make_loss(config: Any, num_classes: int, class_counts=None, class_names=None):
+def make_loss(config: Any, num_classes: int, class_counts=None, class_names=None,
+              regression: bool = False):
     """Build the Keras loss for a recipe's ``train.loss`` section.
 
     ``class_counts`` (the training split's samples per class) is needed by
     ``balanced``/``effective_number`` weights and by ``logit_adjusted``.
+    ``regression``: ``num_classes`` is the number of float targets (mse/l2 only).
     """
     # Importing the modules registers their classes (they import Keras).
     from kcnn.losses import basic, cost_matrix, focal, logit_adjusted  # noqa: F401
     from kcnn.losses.weights import class_priors, resolve_class_weights
 
     options = config.model_dump(exclude={"type"}, exclude_none=True)
+    if regression:
+        if config.type not in ("mse", "l2"):
+            raise RecipeError(f"{config.type!r} needs class labels; regression takes mse or l2",
+                              key="train.loss.type")
+        options["regression"] = True
     beta = options.pop("beta", None)
     for field in ("class_weights", "alpha"):
         if field in options:

@@ -78,20 +78,26 @@ class CrossEntropy(keras.losses.Loss):
 @LOSSES.register("l2")
 @keras.saving.register_keras_serializable(package="kcnn")
 class SquaredError(keras.losses.Loss):
-    """Mean squared error between softmax(z) and the one-hot label (l2 loss).
+    """Mean squared error: the l2 loss.
 
-    For targets that are already float vectors of the output's width (regression)
-    the raw outputs are compared instead.
+    Classification (``regression=False``): between softmax(z) and the one-hot
+    label, mean over the K classes. Regression (``regression=True``, set by
+    kcnn under ``data.task: regression``): between the raw outputs and the float
+    targets, mean over the k targets. Float targets of the output's width (k > 1)
+    are treated as regression targets either way.
     """
 
-    def __init__(self, num_classes: int, name="squared_error", reduction="sum_over_batch_size",
-                 dtype=None):
+    def __init__(self, num_classes: int, regression: bool = False, name="squared_error",
+                 reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.num_classes = int(num_classes)
+        self.regression = bool(regression)
 
     def call(self, y_true, y_pred):
         y_pred = ops.cast(y_pred, "float32")
-        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1] \
+        if self.regression:
+            target, out = ops.reshape(ops.cast(y_true, "float32"), ops.shape(y_pred)), y_pred
+        elif len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1] \
                 and y_pred.shape[-1] != 1:
             target, out = ops.cast(y_true, "float32"), y_pred
         else:
@@ -99,4 +105,4 @@ class SquaredError(keras.losses.Loss):
         return ops.mean(ops.square(out - target), axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes}
+        return {**super().get_config(), "num_classes": self.num_classes, "regression": self.regression}

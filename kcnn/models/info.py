@@ -406,13 +406,16 @@ def recipe_shapes(recipe) -> tuple[tuple[int, ...], int]:
     shape = kwargs.get("input_shape")
     classes = kwargs.get("num_classes") or recipe.data.num_classes
     if shape is None or classes is None:
-        src_shape, src_classes = _source_shapes(src, need_classes=classes is None)
+        src_shape, src_classes = _source_shapes(src, need_classes=classes is None,
+                                                regression=recipe.data.task == "regression")
         shape = shape or src_shape
         classes = classes or src_classes
     return tuple(int(d) for d in shape), int(classes)
 
 
-def _source_shapes(src, need_classes: bool):
+def _source_shapes(src, need_classes: bool, regression: bool = False):
+    """(input shape, output width) of a source; the width is the number of classes, or of
+    targets under regression."""
     from kcnn.errors import DataError
 
     if src.type == "digits":
@@ -432,11 +435,33 @@ def _source_shapes(src, need_classes: bool):
         classes = [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
         return shape, len(classes)
     if src.type == "npz":
-        return _npz_shapes(Path(src.path), need_classes)
+        return _npz_shapes(Path(src.path), need_classes, regression)
+    if src.type == "csv":
+        shape = (*src.image_size, 3 if src.color_mode == "rgb" else 1)
+        columns = [src.label_column] if isinstance(src.label_column, str) else src.label_column
+        if regression or not need_classes:
+            return shape, len(columns)
+        return shape, _csv_classes(Path(src.path), columns[0])
     raise KcnnError(f"data.source: cannot tell the input shape of a {src.type!r} source")
 
 
-def _npz_shapes(path: Path, need_classes: bool):
+def _csv_classes(path: Path, column: str) -> int:
+    """Number of classes in a CSV's label column (integer labels: max + 1; names: distinct)."""
+    import csv
+
+    from kcnn.errors import DataError
+
+    if not path.is_file():
+        raise DataError(f"data.source.path: CSV file not found: {path}")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        values = [(row.get(column) or "").strip() for row in csv.DictReader(fh)]
+    try:
+        return max(int(v) for v in values) + 1
+    except ValueError:
+        return len(set(values))
+
+
+def _npz_shapes(path: Path, need_classes: bool, regression: bool = False):
     import zipfile
 
     import numpy as np
@@ -453,7 +478,11 @@ def _npz_shapes(path: Path, need_classes: bool):
             shape, _, _ = read(fh)
     shape = tuple(shape[1:]) if len(shape) == 4 else (*shape[1:], 1)
     classes = None
-    if need_classes:
+    if need_classes and regression:
+        with np.load(path) as data:
+            y = data["y"]
+            classes = 1 if y.ndim == 1 else int(y.shape[1])
+    elif need_classes:
         with np.load(path) as data:
             classes = int(max(int(data[k].max()) for k in ("y", "y_val", "y_test")
                               if k in data.files)) + 1

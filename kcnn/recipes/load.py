@@ -276,6 +276,36 @@ def check_model(recipe: S.Recipe, file: str) -> None:
         raise RecipeError(str(err), file=file) from None
 
 
+REGRESSION_SOURCES = ("npz", "csv")
+
+
+def check_task(recipe: S.Recipe, file: str) -> None:
+    """Settings that only make sense for class labels, refused under ``data.task: regression``."""
+    if recipe.data.task != "regression":
+        return
+
+    def refuse(key: str, why: str) -> None:
+        raise RecipeError(f"{why} (data.task is regression)", file=file, key=key)
+
+    data, train = recipe.data, recipe.train
+    if data.source.type not in REGRESSION_SOURCES:
+        refuse("data.source.type", f"{data.source.type!r} has class labels only; regression targets "
+               f"come from {' or '.join(REGRESSION_SOURCES)}")
+    if data.sampler.type != "shuffle":
+        refuse("data.sampler.type", f"{data.sampler.type!r} balances classes; use shuffle")
+    for key in ("classes", "samples_per_class", "long_tail", "num_classes"):
+        if getattr(data, key) is not None:
+            refuse(f"data.{key}", "only for class labels (the output width is the number of targets)")
+    if train.loss.type not in ("mse", "l2"):
+        refuse("train.loss.type", f"{train.loss.type!r} is a classification loss; use mse or l2")
+    if train.monitor != "val_loss":
+        refuse("train.monitor", f"{train.monitor!r} needs class labels; use val_loss")
+    if recipe.distill is not None:
+        refuse("distill", "distillation matches class probabilities")
+    if recipe.finetune is not None and recipe.finetune.co_training is not None:
+        refuse("finetune.co_training", "co-training adds a classification head")
+
+
 # ----------------------------------------------------------------------------- public API
 def resolve_path(path: str | Path) -> Path:
     """A recipe path as given, or the name of a bundled recipe (``quickstart``)."""
@@ -297,6 +327,7 @@ def from_dict(data: dict[str, Any], file: str = "<recipe>", set_keys: list[str] 
     except ValidationError as exc:
         raise _validation_error(exc, data, file, list(set_keys)) from None
     check_model(recipe, file)
+    check_task(recipe, file)
     return recipe
 
 

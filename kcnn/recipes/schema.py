@@ -70,8 +70,35 @@ class KerasSource(Strict):
     name: Literal["mnist", "fashion_mnist", "cifar10", "cifar100"]
 
 
+class CsvSource(Strict):
+    """A CSV table with one row per image: the image file, its label and optional
+    per-sample cost and split columns.
+
+    Classification labels may be integers or class names (names are sorted to give
+    the class indices). Under ``data.task: regression`` the label column(s) hold the
+    float targets. Image paths are relative to ``root`` (default: the CSV's folder).
+    """
+
+    type: Literal["csv"]
+    path: str
+    image_column: str = "image"
+    label_column: str | list[str] = Field(
+        "label", description="Label column; regression: one column or a list of target columns."
+    )
+    weight_column: str | None = Field(
+        None, description="Per-sample cost (sample weight, >= 0) multiplied into the loss."
+    )
+    split_column: str | None = Field(
+        None, description="Column with train/val/test per row: the file's own split."
+    )
+    root: str | None = Field(None, description="Folder image paths are relative to (default: the CSV's).")
+    image_size: tuple[PositiveInt, PositiveInt] = (64, 64)
+    color_mode: Literal["rgb", "grayscale"] = "rgb"
+
+
 Source = Annotated[
-    Union[DigitsSource, NpzSource, DirectorySource, KerasSource], Field(discriminator="type")
+    Union[DigitsSource, NpzSource, DirectorySource, KerasSource, CsvSource],
+    Field(discriminator="type"),
 ]
 
 
@@ -203,6 +230,15 @@ class LongTail(Strict):
 
 
 class Data(Strict):
+    """Where the images come from and how they are split, sampled and augmented.
+
+    ``task: regression`` takes float targets (npz ``y`` of shape (N,) or (N, k), or
+    CSV target columns) instead of class labels: the split is random rather than
+    stratified, the model's head has one linear output per target, the loss is
+    ``mse`` and evaluation reports mse, rmse, mae and r2.
+    """
+
+    task: Literal["classification", "regression"] = "classification"
     source: Source
     split: Split = Split()
     preprocess: Preprocess = Preprocess()
@@ -674,6 +710,19 @@ class Recipe(Strict):
         None, description="Written by kcnn into a run's recipe.yaml; ignored on input."
     )
 
+
+    @model_validator(mode="after")
+    def _regression_defaults(self) -> Recipe:
+        """Under ``data.task: regression`` an unset loss is ``mse`` and an unset monitor
+        ``val_loss`` (conflicting explicit settings are reported by the loader)."""
+        if self.data.task != "regression":
+            return self
+        explicit = self.train.model_fields_set
+        if "loss" not in explicit:
+            self.train.loss = SquaredErrorLoss(type="mse")
+        if "monitor" not in explicit:
+            self.train.monitor = "val_loss"
+        return self
 
     @model_validator(mode="after")
     def _expand_finetune(self) -> Recipe:

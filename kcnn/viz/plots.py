@@ -1,4 +1,4 @@
-"""Training curves and confusion matrices as PNG files, written atomically."""
+"""Training curves, confusion matrices and regression scatter plots as PNG files, written atomically."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ def _save(fig, path: Path) -> Path:
 
 
 def training_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Loss, accuracy and learning rate per epoch, train and validation."""
+    """Loss, accuracy (or mae, for regression) and learning rate per epoch, train and validation."""
     epochs = [h["epoch"] + 1 for h in history]
-    panels = [("loss", "loss"), ("accuracy", "accuracy"), ("learning_rate", "learning rate")]
+    panels = [("loss", "loss"), ("accuracy", "accuracy"), ("mae", "mean absolute error"),
+              ("learning_rate", "learning rate")]
     panels = [p for p in panels if any(p[0] in h for h in history)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels):
@@ -53,5 +54,25 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,
         ax=ax, colorbar=False, cmap="Blues", values_format="d", include_values=n <= 30
     )
     ax.set_title(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def predicted_vs_true(y: np.ndarray, pred: np.ndarray, target_names: Sequence[str], path: Path,
+                      title: str = "", max_targets: int = 6) -> Path:
+    """Predicted against true values, one panel per target (the first ``max_targets``),
+    via scikit-learn's PredictionErrorDisplay."""
+    from sklearn.metrics import PredictionErrorDisplay
+
+    y = np.asarray(y, dtype="float64").reshape(len(y), -1)
+    pred = np.asarray(pred, dtype="float64").reshape(y.shape)
+    k = min(y.shape[1], max_targets)
+    fig, axes = plt.subplots(1, k, figsize=(4.0 * k, 4.0), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        PredictionErrorDisplay.from_predictions(y[:, i], pred[:, i], kind="actual_vs_predicted",
+                                                ax=ax, subsample=None)
+        ax.set_title(str(target_names[i]) if i < len(target_names) else f"target_{i}")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)

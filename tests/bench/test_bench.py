@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import write_recipe
-
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 

@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -143,7 +142,7 @@ def test_two_local_workers_train_and_chief_writes_the_run(tmp_path, tiny_recipe_
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    for p, (out, err) in zip(procs, outputs):
+    for p, (_out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert "multi_worker: global batch 20 = 2 replicas x 10" in outputs[0][1]
     run = tmp_path / "run"

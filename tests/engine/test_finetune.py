@@ -139,7 +139,7 @@ class TrainableLog(keras.callbacks.Callback):
         self.per_epoch = {}
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.per_epoch[epoch] = [l.name for l in self.model.layers if l.trainable_weights]
+        self.per_epoch[epoch] = [layer.name for layer in self.model.layers if layer.trainable_weights]
 
 
 @pytest.fixture(scope="module")

@@ -128,6 +128,24 @@ def test_make_loss_resolves_recipe_settings_from_class_counts():
     assert cm.matrix == [[0, 1], [2, 0]]
 
 
+def test_squared_error_regression_and_l2_classification():
+    from kcnn.losses.basic import SquaredError
+
+    pred = np.array([[1.0], [2.0], [-1.0]], "float32")
+    target = np.array([0.5, 2.0, 1.0], "float32")  # (N,) against (N, 1): one target
+    reg = make_loss(S.SquaredErrorLoss(type="mse"), 1, regression=True)
+    assert reg.regression and value(reg, target, pred) == pytest.approx((0.25 + 0 + 4) / 3, rel=1e-6)
+    two = SquaredError(2, regression=True)
+    y2, z2 = np.array([[1.0, 0.0], [0.0, 3.0]], "float32"), np.array([[0.0, 0.0], [1.0, 1.0]], "float32")
+    assert value(two, y2, z2) == pytest.approx(np.mean((y2 - z2) ** 2), rel=1e-6)
+    assert keras.losses.deserialize(keras.losses.serialize(two)).get_config() == two.get_config()
+    probs = np.exp(log_softmax(Z))  # classification: softmax against one-hot labels
+    expected = np.mean(np.mean((probs - np.eye(3)[Y]) ** 2, axis=1))
+    assert value(SquaredError(3)) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(RecipeError, match="train.loss.type: 'focal' needs class labels"):
+        make_loss(S.FocalLoss(type="focal"), 1, regression=True)
+
+
 def test_make_loss_errors():
     with pytest.raises(RecipeError, match=r"train.loss.class_weights: has 2 entries but the data has 3"):
         make_loss(S.CrossEntropyLoss(type="cross_entropy", class_weights=[1, 2]), 3, [5, 5, 5])
@@ -147,6 +165,7 @@ def test_make_loss_errors():
     FocalLoss(3, 1.5, [0.5, 1.0, 1.0]),
     CostMatrixLoss(3, [[0, 1, 2], [3, 0, 1], [1, 1, 0]], 0.3),
     LogitAdjustedLoss(3, [0.5, 0.3, 0.2], 1.2, post_hoc=True),
+    LOSSES.get("mse")(3),
 ])
 def test_config_round_trip_through_keras_serialization(loss):
     config = keras.losses.serialize(loss)

@@ -213,3 +213,46 @@ def test_json_schema_describes_sections():
     assert "versions" not in schema["properties"]
     yaml.safe_dump(schema)  # plain data only
     assert Recipe.model_json_schema()["additionalProperties"] is False
+
+
+# ----------------------------------------------------------------------------- regression
+def _regression(tmp_path, tiny_recipe_dict, **train):
+    d = tiny_recipe_dict
+    np_path = tmp_path / "r.npz"
+    np_path.write_bytes(b"")  # existence is enough for validation
+    d["data"] = {"task": "regression", "source": {"type": "npz", "path": "r.npz"}}
+    d["train"].update(train)
+    return write_recipe(tmp_path / "reg.yaml", d)
+
+
+def test_regression_defaults_to_mse_and_val_loss(tmp_path, tiny_recipe_dict):
+    r = load(_regression(tmp_path, tiny_recipe_dict))
+    assert r.data.task == "regression"
+    assert r.train.loss.type == "mse" and r.train.monitor == "val_loss"
+    assert loads(dump(r)) == r
+    assert load(_regression(tmp_path, tiny_recipe_dict, loss={"type": "l2"})).train.loss.type == "l2"
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["train.loss={type: focal}"], "train.loss.type: 'focal' is a classification loss; use mse or l2"),
+    (["train.monitor=val_accuracy"], "train.monitor: 'val_accuracy' needs class labels; use val_loss"),
+    (["data.sampler={type: class_balanced}"], "data.sampler.type: 'class_balanced' balances classes"),
+    (["data.num_classes=3"], "data.num_classes: only for class labels"),
+    (["data.long_tail={ratio: 10}"], "data.long_tail: only for class labels"),
+    (["distill={teacher: runs/x}"], "distill: distillation matches class probabilities"),
+])
+def test_regression_refuses_classification_settings(tmp_path, tiny_recipe_dict, overrides, expected):
+    msg = error_of(_regression(tmp_path, tiny_recipe_dict), overrides)
+    assert expected in msg and msg.endswith("(data.task is regression)")
+
+
+def test_regression_needs_a_target_source(tmp_path, tiny_recipe_dict):
+    tiny_recipe_dict["data"] = {"task": "regression", "source": {"type": "digits"}}
+    msg = error_of(write_recipe(tmp_path / "d.yaml", tiny_recipe_dict))
+    assert "data.source.type: 'digits' has class labels only" in msg and "npz or csv" in msg
+
+
+def test_unknown_task(tmp_path, tiny_recipe_dict):
+    tiny_recipe_dict["data"]["task"] = "ranking"
+    msg = error_of(write_recipe(tmp_path / "t.yaml", tiny_recipe_dict))
+    assert "data.task" in msg and "classification" in msg and "regression" in msg
