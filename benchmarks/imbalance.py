@@ -51,6 +51,7 @@ STEPS_PER_EXECUTION = 20  # steps per compiled call, for every row alike: less P
 WARMUP_STEPS = 100  # excluded from the throughput timing (tracing, pipeline start)
 WINDOW = 100  # throughput: the fastest stretch of this many steps in a run
 PIPELINE_ROUNDS = 10  # data-path-only throughput: best of this many interleaved rounds
+TRAIN_ROUNDS = 4  # training throughput of the sampler rows: best of this many interleaved rounds
 
 
 @dataclass
@@ -137,6 +138,12 @@ ROWS = [
         "logit_adjusted post hoc (τ 1)",
         "kcnn loss",
         loss={"type": "logit_adjusted", "tau": 1.0, "post_hoc": True},
+    ),
+    Row(
+        "logit_adjusted_post_hoc_tuned",
+        "logit_adjusted post hoc, τ tuned on val",
+        "kcnn loss",
+        loss={"type": "logit_adjusted", "tau": 1.0, "post_hoc": True, "tune_tau": True},
     ),
 ]
 
@@ -245,12 +252,13 @@ class RowRunner:
         from kcnn.recipes import schema as S
 
         self.row, self.steps, self.recipe, self.data = row, steps, recipe, data
+        self.taus: list[float] = []  # the tuned post-hoc τ of each seed (tune_tau rows)
         self.sampler_cfg = S.Data.model_validate(
             {"source": {"type": "digits"}, "sampler": row.sampler}
         ).sampler
         key = json.dumps(row.loss, sort_keys=True)
+        self.loss_cfg = loss_cfg = S.Train.model_validate({"loss": row.loss}).loss
         if key not in self.compiled:
-            loss_cfg = S.Train.model_validate({"loss": row.loss}).loss
             loss = make_loss(loss_cfg, data.num_classes, data.class_counts, data.class_names)
             setup_determinism(0, True)
             model, _ = build_model(recipe, data)
@@ -322,6 +330,15 @@ class RowRunner:
             next(it)
         return float(sizes[WARMUP_STEPS:].sum() / (time.perf_counter() - t))
 
+    def train_rate(self, seed: int) -> float:
+        """Training img/s on the row's stream (the fastest WINDOW-step stretch); the weights
+        it leaves behind are not scored."""
+        ds, sizes, fit_kwargs = self.stream(seed)
+        timer = timer_callback()
+        self.model.fit(ds, epochs=1, steps_per_epoch=self.steps, verbose=0, callbacks=[timer],
+                       **fit_kwargs)
+        return timer.best_rate(sizes)
+
     def run(self, seed: int) -> dict:
         from sklearn.metrics import balanced_accuracy_score, recall_score
 
@@ -336,7 +353,16 @@ class RowRunner:
         )
 
         logits = predict_logits(self.model, data.test.x)
-        if hasattr(self.loss, "adjust_logits"):
+        if getattr(self.loss_cfg, "tune_tau", False):  # as kcnn train does: τ from the val split
+            from kcnn.losses.logit_adjusted import tune_tau
+            from kcnn.losses.weights import class_priors
+
+            priors = class_priors(data.class_counts)
+            tau, _ = tune_tau(predict_logits(self.model, data.val.x), data.val.y, priors,
+                              prefer=self.loss_cfg.tau)
+            logits = logits - tau * np.log(priors)
+            self.taus.append(tau)
+        elif hasattr(self.loss, "adjust_logits"):
             logits = self.loss.adjust_logits(logits)
         pred = logits.argmax(axis=1)
         recall = recall_score(data.test.y, pred, labels=np.arange(c), average=None, zero_division=0)
@@ -410,7 +436,8 @@ def pipeline_table(pipeline: dict[str, list[float]], rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def verdict(results: dict[str, list[dict]], rows: list[Row], pipeline: dict[str, list[float]]) -> str:
+def verdict(results: dict[str, list[dict]], rows: list[Row], pipeline: dict[str, list[float]],
+            training: dict[str, list[float]] | None = None) -> str:
     def mean_bacc(row):
         return statistics.mean(r["balanced_accuracy"] for r in results[row.key])
 
@@ -431,7 +458,15 @@ def verdict(results: dict[str, list[dict]], rows: list[Row], pipeline: dict[str,
         f"{100 * (mean_bacc(best) - mean_bacc(anchor)):+.2f} points "
         f"(target ≥ +2: {'met' if mean_bacc(best) - mean_bacc(anchor) >= 0.02 else 'not met'}).",
     ]
-    if slowest is not None:
+    if training and training.get(ROWS[0].key) and any(r.key in training for r in samplers):
+        base = max(training[ROWS[0].key])
+        slow = min((r for r in samplers if r.key in training), key=lambda r: max(training[r.key]))
+        ratio = max(training[slow.key]) / base
+        lines.append(
+            f"* Slowest kcnn sampler in training (interleaved rounds): {slow.name}, {ratio:.2f}× the "
+            f"plain shuffle img/s (target ≥ 0.95×: {'met' if ratio >= 0.95 else 'not met'})."
+        )
+    elif slowest is not None:
         ratio = speed(results[slowest.key]) / base_speed
         lines.append(
             f"* Slowest kcnn sampler in training: {slowest.name}, {ratio:.2f}× the plain shuffle img/s "
@@ -497,6 +532,13 @@ def main(argv=None) -> int:
     for round_ in range(PIPELINE_ROUNDS):
         for row in streams:
             pipeline.setdefault(row.key, []).append(runners[row.key].pipeline_rate(args.seeds[0] + round_))
+    # Training speed of the sampler rows, interleaved the same way (one seed's run per row is too
+    # short and too exposed to a busy spell to compare rows by).
+    training: dict[str, list[float]] = {}
+    trainers = [r for r in rows if r.group in ("baseline", "kcnn sampler")]
+    for round_ in range(TRAIN_ROUNDS if len(trainers) > 1 else 0):
+        for row in trainers:
+            training.setdefault(row.key, []).append(runners[row.key].train_rate(args.seeds[0] + round_))
     elapsed = time.perf_counter() - start
     counts = data.class_counts.tolist()
     text = "\n".join(
@@ -520,7 +562,11 @@ def main(argv=None) -> int:
             "",
             pipeline_table(pipeline, rows),
             "",
-            verdict(results, rows, pipeline),
+            *([f"Training speed of the sampler rows (cross-entropy, the same compiled model; best of "
+               f"{TRAIN_ROUNDS} interleaved rounds of {args.steps} steps, each timed as above):", "",
+               pipeline_table(training, rows).replace("data-path img/s", "train img/s"), ""]
+              if training else []),
+            verdict(results, rows, pipeline, training),
             "",
             f"Machine: {machine()}. Total wall time {elapsed / 60:.1f} min. "
             f"Command: `.venv/bin/python benchmarks/imbalance.py"

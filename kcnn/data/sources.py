@@ -416,13 +416,8 @@ def load_dataset(data: S.Data) -> Dataset:
                 f"data: {split_name} label {bad[0]} is outside 0..{num_classes - 1} "
                 f"(data.num_classes = {num_classes})"
             )
-    train = Split(x, y, weights[0] if weights else None)
-    if test is None:
-        keep, held = stratified_split(train.y, data.split.test, data.split.seed)
-        train, test = train.take(keep), train.take(held)
-    if val is None:
-        keep, held = stratified_split(train.y, data.split.val, data.split.seed)
-        train, val = train.take(keep), train.take(held)
+    train, val, test = _split_missing(Split(x, y, weights[0] if weights else None), val, test,
+                                      data.split, stratify=True)
     if data.long_tail is not None:
         train = train.take(long_tail_indices(train.y, num_classes, data.long_tail))
     if data.classes is not None:
@@ -431,13 +426,7 @@ def load_dataset(data: S.Data) -> Dataset:
         num_classes = len(data.classes)
     if data.samples_per_class is not None:
         train = train.take(first_per_class(train.y, data.samples_per_class, data.split.seed))
-    for split_name, split in (("val", val), ("test", test)):
-        if split.x.shape[1:] != train.x.shape[1:]:
-            raise DataError(
-                f"data: {split_name} images have shape {split.x.shape[1:]}, train {train.x.shape[1:]}"
-            )
-    if len(train) == 0:
-        raise DataError("data: the training split is empty")
+    _check_splits(train, val, test)
     if names is None or len(names) != num_classes:
         names = [str(c) for c in range(num_classes)]
     return Dataset(train, val, test, num_classes, names)
@@ -450,12 +439,26 @@ def _regression_dataset(data: S.Data, train: Split, val: Split | None, test: Spl
     for split_name, split in (("val", val), ("test", test)):
         if split is not None and split.y.shape[1] != k:
             raise DataError(f"data: {split_name} has {split.y.shape[1]} targets per sample, train {k}")
+    train, val, test = _split_missing(train, val, test, data.split, stratify=False)
+    _check_splits(train, val, test)
+    if names is None or len(names) != k:
+        names = ["target"] if k == 1 else [f"target_{i}" for i in range(k)]
+    return Dataset(train, val, test, k, names, task="regression")
+
+
+def _split_missing(train: Split, val: Split | None, test: Split | None, cfg: S.Split,
+                   stratify: bool) -> tuple[Split, Split, Split]:
+    """Split off the test part, then val, where the source did not give them."""
     if test is None:
-        keep, held = stratified_split(train.y, data.split.test, data.split.seed, stratify=False)
+        keep, held = stratified_split(train.y, cfg.test, cfg.seed, stratify=stratify)
         train, test = train.take(keep), train.take(held)
     if val is None:
-        keep, held = stratified_split(train.y, data.split.val, data.split.seed, stratify=False)
+        keep, held = stratified_split(train.y, cfg.val, cfg.seed, stratify=stratify)
         train, val = train.take(keep), train.take(held)
+    return train, val, test
+
+
+def _check_splits(train: Split, val: Split, test: Split) -> None:
     for split_name, split in (("val", val), ("test", test)):
         if split.x.shape[1:] != train.x.shape[1:]:
             raise DataError(
@@ -463,6 +466,3 @@ def _regression_dataset(data: S.Data, train: Split, val: Split | None, test: Spl
             )
     if len(train) == 0:
         raise DataError("data: the training split is empty")
-    if names is None or len(names) != k:
-        names = ["target"] if k == 1 else [f"target_{i}" for i in range(k)]
-    return Dataset(train, val, test, k, names, task="regression")

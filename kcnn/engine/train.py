@@ -266,13 +266,52 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks) -> Path:
         print(f"Early stopping after epoch {checkpoint.early_stopped_at + 1}", file=sys.stderr)
 
     best = keras.saving.load_model(run.model, compile=False)
+    tuned = None
+    if getattr(cfg.loss, "tune_tau", False):
+        recipe, tuned = tune_post_hoc_tau(best, recipe, data, run)
     split = recipe.evaluate.split
     metrics, outputs = evaluate_keras_model(best, recipe, data, split, with_outputs=True)
+    if tuned is not None:
+        metrics["post_hoc_tau"] = tuned
     metrics["model"] = str(run.model)
     metrics["best_epoch"] = (checkpoint.best_epoch + 1) if checkpoint.best_epoch is not None else None
     write_metrics(metrics, run.metrics_for(split), run.plots if recipe.evaluate.plots else None,
                   data.class_names, f"{recipe.name} — {split}", outputs)
     return run.path
+
+
+def tune_post_hoc_tau(model, recipe: Recipe, data, run) -> tuple[Recipe, float]:
+    """Pick the post-hoc logit-adjustment τ on the validation split (``tune_tau: true``).
+
+    The chosen τ replaces ``train.loss.tau`` in the run's recipe.yaml, so ``kcnn
+    evaluate`` and ``kcnn export`` predict with it; every τ's validation balanced
+    accuracy goes to ``post_hoc_tau.json``.
+    """
+    from kcnn.engine.evaluate import predict_logits
+    from kcnn.losses.logit_adjusted import tune_tau
+    from kcnn.losses.weights import class_priors
+
+    loss = recipe.train.loss
+    if len(data.val) == 0:
+        print(f"train.loss.tune_tau: no validation split to tune on; keeping tau {loss.tau}",
+              file=sys.stderr)
+        return recipe, loss.tau
+    logits = predict_logits(model, data.val.x, recipe.train.batch_size)
+    tau, scores = tune_tau(logits, data.val.y, class_priors(data.class_counts, data.class_names),
+                           prefer=loss.tau)
+    tuned = recipe.model_copy(deep=True)
+    tuned.train.loss.tau = tau
+    saved_text = run.recipe.read_text()
+    saved = load(run.recipe)
+    comments = "".join(line + "\n" for line in saved_text.splitlines() if line.startswith("#"))
+    write_text(run.recipe, dump(tuned.model_copy(update={"versions": saved.versions})) + comments)
+    write_json(run.path / "post_hoc_tau.json", {
+        "tau": tau, "split": "val", "num_samples": int(len(data.val)),
+        "balanced_accuracy_by_tau": {str(t): s for t, s in scores.items()},
+    })
+    print(f"post-hoc tau tuned on val: {tau} (balanced accuracy {scores[tau]:.4f}; "
+          f"tau {loss.tau}: {scores.get(loss.tau, float('nan')):.4f})", file=sys.stderr)
+    return tuned, tau
 
 
 def _already_stopped(state: dict[str, Any], cfg) -> bool:

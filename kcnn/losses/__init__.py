@@ -37,7 +37,8 @@ def make_loss(config: Any, num_classes: int, class_counts=None, class_names=None
     from kcnn.losses import basic, cost_matrix, focal, logit_adjusted  # noqa: F401
     from kcnn.losses.weights import class_priors, resolve_class_weights
 
-    options = config.model_dump(exclude={"type"}, exclude_none=True)
+    # tune_tau is a step after training (kcnn.engine.train), not part of the Keras loss.
+    options = config.model_dump(exclude={"type", "tune_tau"}, exclude_none=True)
     if regression:
         if config.type not in ("mse", "l2"):
             raise RecipeError(f"{config.type!r} needs class labels; regression takes mse or l2",

@@ -71,3 +71,25 @@ class LogitAdjustedLoss(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "priors": self.priors,
                 "tau": self.tau, "post_hoc": self.post_hoc}
+
+
+TAU_GRID = tuple(float(t) for t in np.round(np.arange(0.0, 3.0001, 0.25), 2))
+
+
+def tune_tau(logits: np.ndarray, y: np.ndarray, priors, grid=TAU_GRID,
+             prefer: float = 1.0) -> tuple[float, dict[float, float]]:
+    """The post-hoc τ with the best balanced accuracy of argmax(z − τ·log π) on (logits, y).
+
+    Menon et al. derive τ = 1 for the balanced error of a calibrated model, and
+    tune τ on held-out data in practice; kcnn does the latter on the validation
+    split. Ties go to the τ closest to ``prefer``. Returns (τ, {τ: balanced accuracy}).
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    logits = np.asarray(logits, dtype=np.float64)
+    log_prior = np.log(np.asarray(priors, dtype=np.float64))
+    scores = {float(t): float(balanced_accuracy_score(y, np.argmax(logits - t * log_prior, axis=1)))
+              for t in grid}
+    best = max(scores.values())
+    tau = min((t for t, s in scores.items() if s >= best - 1e-12), key=lambda t: (abs(t - prefer), t))
+    return tau, scores

@@ -540,11 +540,22 @@ class FocalLoss(Strict):
 class LogitAdjustedLoss(Strict):
     """Logit-adjusted cross-entropy (Menon et al. 2020): CE(z + τ·log π, y), π the
     training class prior. ``post_hoc: true`` trains with plain cross-entropy instead
-    and subtracts τ·log π from the logits when kcnn evaluates."""
+    and subtracts τ·log π from the logits when kcnn evaluates. ``tune_tau: true`` (post
+    hoc only) then picks τ from 0, 0.25, …, 3 by the validation split's balanced
+    accuracy after training, and writes it into the run's recipe."""
 
     type: Literal["logit_adjusted"]
     tau: NonNegFloat = 1.0
     post_hoc: bool = False
+    tune_tau: bool = Field(
+        False, description="post_hoc: choose tau on the validation split after training."
+    )
+
+    @model_validator(mode="after")
+    def _tune_needs_post_hoc(self):
+        if self.tune_tau and not self.post_hoc:
+            raise ValueError("tune_tau needs post_hoc: true (τ is tuned on the trained model's logits)")
+        return self
 
 
 class SquaredErrorLoss(Strict):

@@ -116,7 +116,46 @@ def test_post_hoc_logit_adjustment_changes_predictions_at_evaluation():
     assert score_logits(post, data, data.test.y, logits)["balanced_accuracy"] == pytest.approx(1.0)
 
 
+def test_tune_tau_picks_the_best_balanced_accuracy_and_prefers_the_given_tau():
+    from kcnn.losses.logit_adjusted import tune_tau
+
+    priors = np.array([0.8, 0.2])  # z − τ·log π moves class 1 up by τ·log 4 ≈ 1.386τ against class 0
+    y = np.array([0, 0, 1, 1])
+    margins = np.array([2.0, 3.0, 0.5, 1.2])  # z_0 − z_1: class 1 wins once 1.386τ exceeds it
+    logits = np.stack([margins, np.zeros(4)], axis=1)
+    tau, scores = tune_tau(logits, y, priors)
+    assert set(scores) == {0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0}
+    assert [scores[t] for t in (0.0, 0.5, 1.0, 1.25, 1.5, 2.25)] == pytest.approx(
+        [0.5, 0.75, 1.0, 1.0, 0.75, 0.5])
+    assert tau == 1.0  # 1.0 and 1.25 tie at 1.0; the preferred τ wins
+    assert tune_tau(logits, y, priors, prefer=3.0)[0] == 1.25
+
+
+def test_tune_tau_needs_post_hoc():
+    with pytest.raises(ValueError, match="tune_tau needs post_hoc: true"):
+        S.LogitAdjustedLoss(type="logit_adjusted", tune_tau=True)
+
+
 # ----------------------------------------------------------------------------- end to end
+def test_tuned_post_hoc_tau_is_written_into_the_run(tiny_recipe_dict, tmp_path):
+    from kcnn.engine.evaluate import evaluate
+
+    tiny_recipe_dict["data"]["long_tail"] = {"ratio": 10}
+    tiny_recipe_dict["train"]["epochs"] = 1
+    tiny_recipe_dict["train"]["loss"] = {"type": "logit_adjusted", "post_hoc": True, "tune_tau": True}
+    run = train(load(write_recipe(tmp_path / "t.yaml", tiny_recipe_dict)), run_dir=tmp_path / "r")
+    tuned = json.loads((run / "post_hoc_tau.json").read_text())
+    scores = tuned["balanced_accuracy_by_tau"]
+    assert tuned["split"] == "val" and len(scores) == 13
+    assert scores[str(tuned["tau"])] == pytest.approx(max(scores.values()))
+    saved = loads((run / "recipe.yaml").read_text())
+    assert saved.train.loss.tau == tuned["tau"] and saved.versions["kcnn"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["post_hoc_tau"] == tuned["tau"]
+    again = evaluate(run, write=False)  # kcnn evaluate predicts with the tuned τ from recipe.yaml
+    assert again["balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"])
+
+
 def test_digits_lt_cost_matrix_recipe_trains_one_epoch(tmp_path):
     path = RECIPES_DIR / "digits_lt_cost_matrix.yaml"
     recipe = load(path, ["train.epochs=1", "train.verbose=0", "evaluate.plots=false"])
