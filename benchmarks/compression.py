@@ -49,22 +49,12 @@ TARGETS = {
 
 
 def machine() -> str:
-    import keras
-    import tensorflow as tf
+    from benchmarks.common import cpu_name, software
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
-        f"Keras {keras.__version__}; load average {load:.1f} at start"
+        f"{cpu_name()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
+        f"{software()}; load average {load:.1f} at start"
     )
 
 

@@ -390,21 +390,10 @@ class RowRunner:
 
 # ----------------------------------------------------------------------------- report
 def machine() -> str:
-    import keras
-    import tensorflow as tf
+    from benchmarks.common import cpu_name, software
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs visible (shared), {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}"
-    )
+    return (f"{cpu_name()}, {os.cpu_count()} CPUs visible (shared), {platform.system()} "
+            f"{platform.release()}; {software()}")
 
 
 def fmt(values: list[float], digits: int = 3) -> str:

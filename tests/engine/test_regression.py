@@ -58,8 +58,11 @@ def test_regression_evaluate_cli_and_tflite_export(regression_run):
     assert res.returncode == 0, res.stderr
     m = json.loads(res.stdout)
     assert m["split"] == "val" and m["num_samples"] == 30 and m["r2"] > 0.5
-    res = kcnn("evaluate", run)
-    assert "rmse" in res.stdout and "row" in res.stdout and "col" in res.stdout
+    from kcnn.engine.evaluate import format_report
+
+    table = format_report(m).splitlines()
+    assert table[1].startswith(f"mse {m['mse']:.4f}") and f"r2 {m['r2']:.4f}" in table[1]
+    assert [line.split()[0] for line in table[4:]] == ["row", "col"]
 
     from kcnn.export.api import export_tflite
 
