@@ -14,7 +14,7 @@ import numpy as np
 from kcnn import __version__
 from kcnn.errors import KcnnError, TrainingError
 from kcnn.io import write_json, write_text
-from kcnn.recipes import dump, load
+from kcnn.recipes import dump, load, loads
 from kcnn.recipes.schema import Recipe
 
 
@@ -302,7 +302,7 @@ def tune_post_hoc_tau(model, recipe: Recipe, data, run) -> tuple[Recipe, float]:
     tuned = recipe.model_copy(deep=True)
     tuned.train.loss.tau = tau
     saved_text = run.recipe.read_text()
-    saved = load(run.recipe)
+    saved = loads(saved_text, str(run.recipe))
     comments = "".join(line + "\n" for line in saved_text.splitlines() if line.startswith("#"))
     write_text(run.recipe, dump(tuned.model_copy(update={"versions": saved.versions})) + comments)
     write_json(run.path / "post_hoc_tau.json", {

@@ -108,6 +108,18 @@ def conv_output_length(length, kernel, stride, padding, dilation=1):
     return max((length - effective) // stride + 1, 0)
 
 
+def conv2d_output_shape(input_shape, filters, kernel_size, strides, padding, dilation_rate,
+                        data_format):
+    """Output shape of a 2-D convolution layer with ``filters`` output channels."""
+    if data_format == "channels_last":
+        batch, height, width, _ = input_shape
+    else:
+        batch, _, height, width = input_shape
+    h, w = (conv_output_length(n, k, s, padding, d) for n, k, s, d in
+            zip((height, width), kernel_size, strides, dilation_rate))
+    return (batch, h, w, filters) if data_format == "channels_last" else (batch, filters, h, w)
+
+
 def same_padding_amounts(length, kernel, stride, dilation=1):
     """``(before, after)`` padding that TensorFlow's ``"same"`` adds on one axis.
 

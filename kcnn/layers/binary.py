@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from kcnn.layers._utils import (
-    conv_output_length,
+    conv2d_output_shape,
     normalize_tuple,
     standardize_data_format,
     standardize_padding,
@@ -277,19 +277,8 @@ class BinaryConv2D(_BinaryBase):
         return outputs
 
     def compute_output_shape(self, input_shape):
-        if self.data_format == "channels_last":
-            batch, height, width, _ = input_shape
-        else:
-            batch, _, height, width = input_shape
-        h = conv_output_length(
-            height, self.kernel_size[0], self.strides[0], self.padding, self.dilation_rate[0]
-        )
-        w = conv_output_length(
-            width, self.kernel_size[1], self.strides[1], self.padding, self.dilation_rate[1]
-        )
-        if self.data_format == "channels_last":
-            return (batch, h, w, self.filters)
-        return (batch, self.filters, h, w)
+        return conv2d_output_shape(input_shape, self.filters, self.kernel_size, self.strides,
+                                   self.padding, self.dilation_rate, self.data_format)
 
     def get_config(self):
         config = super().get_config()

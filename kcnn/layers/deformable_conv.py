@@ -9,7 +9,7 @@ import numpy as np
 from keras import ops
 
 from kcnn.layers._utils import (
-    conv_output_length,
+    conv2d_output_shape,
     from_channels_last,
     normalize_tuple,
     same_padding_amounts,
@@ -275,16 +275,8 @@ class DeformableConv2D(keras.layers.Layer):
         return samples
 
     def compute_output_shape(self, input_shape):
-        height, width = self._spatial(input_shape)
-        out_h = conv_output_length(
-            height, self.kernel_size[0], self.strides[0], self.padding, self.dilation_rate[0]
-        )
-        out_w = conv_output_length(
-            width, self.kernel_size[1], self.strides[1], self.padding, self.dilation_rate[1]
-        )
-        if self.data_format == "channels_first":
-            return (input_shape[0], self.filters, out_h, out_w)
-        return (input_shape[0], out_h, out_w, self.filters)
+        return conv2d_output_shape(input_shape, self.filters, self.kernel_size, self.strides,
+                                   self.padding, self.dilation_rate, self.data_format)
 
     def get_config(self):
         config = super().get_config()
