@@ -122,9 +122,9 @@ def main(argv=None) -> int:
     from kcnn.compress.common import load_source, measure
     from kcnn.compress.lowrank import lowrank_run
     from kcnn.compress.prune import prune_run
-    from kcnn.engine.evaluate import load_keras_model
     from kcnn.export.api import export_all
     from kcnn.io import write_text
+    from kcnn.saving import load_keras_model
 
     started = time.perf_counter()
     work = args.work or Path(tempfile.mkdtemp(prefix="kcnn-bench-compression-"))

@@ -87,6 +87,10 @@ def _compile(model, recipe, num_classes: int, steps_per_epoch: int, class_counts
 
 def bench_train(recipe, *, steps: int = 60, warmup: int = 10, batch_size: int | None = None,
                 synthetic: bool = False, compare_plain: bool = False) -> dict[str, Any]:
+    if steps <= warmup + 1 or warmup < 0:
+        raise KcnnError(f"--steps must exceed --warmup + 1 (got steps={steps}, warmup={warmup})")
+    if batch_size is not None and batch_size < 1:
+        raise KcnnError(f"--batch-size: must be >= 1 (got {batch_size})")
     if recipe.data.task == "regression":
         raise KcnnError("kcnn bench train: classification recipes only (data.task is regression)")
     import keras
@@ -114,7 +118,7 @@ def bench_train(recipe, *, steps: int = 60, warmup: int = 10, batch_size: int | 
         from kcnn.data.sources import load_dataset
 
         data = load_dataset(recipe.data)
-        x, y, shape, classes = data.train.x, data.train.y, data.input_shape, data.num_classes
+        x, y, shape, classes = data.train.images(), data.train.y, data.input_shape, data.num_classes
         class_counts = data.class_counts
     model_kwargs = {k: v for k, v in recipe.model.kwargs.items() if k not in ("input_shape", "num_classes")}
 

@@ -38,3 +38,15 @@ class RunDirError(KcnnError):
 
 class TrainingError(KcnnError):
     """Training stopped for a reason the user must act on (e.g. a NaN loss)."""
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT or SIGTERM. The run keeps its last complete epoch;
+    the CLI prints :attr:`message` and exits with :attr:`exit_code` (128 + signal)."""
+
+    def __init__(self, signum: int, message: str = "", run_path: str | None = None):
+        self.signum = signum
+        self.run_path = run_path
+        self.exit_code = 128 + signum
+        self.message = message
+        super().__init__(message or f"interrupted by signal {signum}")

@@ -11,6 +11,7 @@ if os.environ.get("KERAS_BACKEND") == "jax" and "xla_backend_optimization_level"
 ):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
+import copy  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -43,11 +44,45 @@ def write_recipe(path: Path, data: dict) -> Path:
 
 @pytest.fixture
 def tiny_recipe_dict():
-    import copy
-
     return copy.deepcopy(TINY)
 
 
 @pytest.fixture
 def tiny_recipe(tmp_path, tiny_recipe_dict):
     return write_recipe(tmp_path / "tiny.yaml", tiny_recipe_dict)
+
+
+@pytest.fixture
+def seeded_float32():
+    """Seeds Keras, NumPy and Python with 0; restores the global dtype policy afterwards.
+
+    Not autouse: a test folder opts in with an autouse fixture of its own that
+    requests this one (tests/layers, tests/compress).
+    """
+    import keras
+
+    keras.utils.set_random_seed(0)
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
+@pytest.fixture(scope="session")
+def tiny_bn_recipe(tmp_path_factory):
+    """TINY with batch norm (so filter pruning has BN layers to slice)."""
+    data = copy.deepcopy(TINY)
+    data["model"]["batch_norm"] = True
+    return write_recipe(tmp_path_factory.mktemp("tiny_bn_recipe") / "tiny_bn.yaml", data)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_bn_recipe, tmp_path_factory):
+    """A run dir of ``tiny_bn_recipe``, trained once per session (per xdist worker).
+
+    Tests read it and write their outputs elsewhere; a test that needs to
+    change a run copies it first.
+    """
+    from kcnn.engine.train import train
+    from kcnn.recipes import load
+
+    return train(load(tiny_bn_recipe), run_dir=tmp_path_factory.mktemp("trained_run") / "run")

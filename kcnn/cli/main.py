@@ -18,7 +18,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from kcnn.errors import KcnnError
+from kcnn.choices import (
+    ExportFormat,
+    LowrankMode,
+    PruneCriterion,
+    PruneMethod,
+    QuantizeMode,
+    listing,
+)
+from kcnn.choices import Split as SplitName
+from kcnn.errors import Interrupted, KcnnError
 
 app = typer.Typer(
     name="kcnn",
@@ -47,6 +56,13 @@ def user_errors(fn):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             return fn(*args, **kwargs)
+        except Interrupted as err:
+            if os.environ.get("KCNN_DEBUG") == "1":
+                raise
+            if err.run_path:  # stdout's last line stays the run dir, as scripts expect
+                typer.echo(err.run_path)
+            typer.echo(err.message, err=True)
+            raise typer.Exit(err.exit_code) from None
         except KcnnError as err:
             if os.environ.get("KCNN_DEBUG") == "1":
                 raise
@@ -62,23 +78,26 @@ def train(
     recipe: Annotated[Optional[str], typer.Argument(help="Recipe file (or a bundled recipe's name).")] = None,
     set_: SetOption = None,
     run_dir: Annotated[Optional[str], typer.Option("--run-dir", help="Write the run here instead of runs/<name>/<time>.")] = None,
-    resume: Annotated[Optional[str], typer.Option("--resume", metavar="RUN_DIR", help="Continue an interrupted run.")] = None,
+    resume: Annotated[Optional[str], typer.Option("--resume", metavar="RUN_DIR", help="Continue an interrupted run (or, with --epochs, a finished one).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", metavar="N", help="With --resume: train the run on to N epochs in all.")] = None,
 ):
     """Train a model from a recipe; prints the run dir on its last line."""
     if resume is None and recipe is None:
         raise KcnnError("give a RECIPE to train, or --resume RUN_DIR")
     if resume is not None and (recipe is not None or set_):
         raise KcnnError("--resume continues a run with its own recipe.yaml; drop RECIPE and --set")
+    if epochs is not None and resume is None:
+        raise KcnnError("--epochs goes with --resume; for a new run use --set train.epochs=N")
     from kcnn.recipes import load
 
     parsed = load(recipe, set_) if recipe is not None else None
     if resume is not None:  # check the folder before paying for the TensorFlow import
         from kcnn.engine.rundir import RunDir
 
-        RunDir.open(resume).read_state()
+        RunDir.open(resume).resume_state()
     from kcnn.engine.train import train as run_training
 
-    path = run_training(parsed, run_dir=run_dir, resume=resume)
+    path = run_training(parsed, run_dir=run_dir, resume=resume, epochs=epochs)
     typer.echo(str(path))
 
 
@@ -87,12 +106,10 @@ def train(
 def evaluate(
     target: Annotated[str, typer.Argument(help="RUN_DIR, MODEL.keras or MODEL.tflite.")],
     recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe giving the data (default: the run's).")] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="train, val or test (default: the recipe's).")] = None,
+    split: Annotated[Optional[str], typer.Option("--split", help=f"{listing(SplitName)} (default: the recipe's).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ):
     """Evaluate a trained model; writes metrics.json and a confusion-matrix plot."""
-    if split is not None and split not in ("train", "val", "test"):
-        raise KcnnError(f"--split: must be train, val or test (got {split!r})")
     from kcnn.engine.evaluate import evaluate as run_evaluation
     from kcnn.engine.evaluate import format_report
 
@@ -109,41 +126,28 @@ def evaluate(
 @user_errors
 def export(
     run_dir: Annotated[str, typer.Argument(help="A training run directory.")],
-    format_: Annotated[str, typer.Option("--format", help="tflite, saved_model or keras.")] = "tflite",
-    quantize: Annotated[Optional[str], typer.Option("--quantize", help="none, dynamic, float16, int8 or int16x8 (default: the recipe's export.quantize).")] = None,
+    format_: Annotated[str, typer.Option("--format", help=f"{listing(ExportFormat)}.")] = "tflite",
+    quantize: Annotated[Optional[str], typer.Option("--quantize", help=f"{listing(QuantizeMode)} (default: the recipe's export.quantize).")] = None,
     int8_io: Annotated[bool, typer.Option("--int8-io", help="int8 mode: int8 input and output tensors too.")] = False,
     calibration: Annotated[Optional[int], typer.Option("--calibration", metavar="N", help="int8/int16x8: class-balanced training samples for calibration (default: the recipe's, 200).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="int8: fail instead of keeping float-only layers in float.")] = False,
     all_modes: Annotated[bool, typer.Option("--all", help="Export every TFLite mode and write one comparison table.")] = False,
-    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Output path (default: RUN_DIR/exports/...).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Output path (default: RUN_DIR/exports/<mode>/model.tflite; int8 with --int8-io: exports/int8_io/).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")] = False,
 ):
     """Convert a run's best model and verify the export (accuracy, size, latency, ops)."""
-    from kcnn.export.api import FORMATS
-
-    if format_ not in FORMATS:
-        raise KcnnError(f"--format: unknown format {format_!r}; valid: {', '.join(FORMATS)}")
-    if calibration is not None and calibration < 1:
-        raise KcnnError(f"--calibration: must be >= 1 (got {calibration})")
-    modes = ("none", "dynamic", "float16", "int8", "int16x8")
-    if quantize is not None and quantize not in modes:
-        raise KcnnError(f"--quantize: unknown mode {quantize!r}; valid: {', '.join(modes)}")
     from kcnn.export import api
 
+    reports = api.export_run(run_dir, fmt=format_, quantize=quantize, int8_io=int8_io,
+                             calibration=calibration, strict=strict, all_modes=all_modes, out=out,
+                             force=force)
     if all_modes:
-        reports = api.export_all(run_dir, calibration=calibration)
         typer.echo(api.comparison_table(reports))
         return
-    if format_ != "tflite":
-        report = api.export_other(run_dir, format_, out)
+    report = reports[0]
+    if report["format"] != "tflite":
         typer.echo(f"{report['format']}: {report['file']} ({report['size_bytes'] / 1024:.1f} KiB)")
         return
-    if quantize is None:
-        from kcnn.engine.rundir import RunDir
-        from kcnn.recipes import load
-
-        quantize = load(RunDir.open(run_dir).recipe).export.quantize
-    report = api.export_tflite(run_dir, mode=quantize, out=out, calibration=calibration,
-                               int8_io=int8_io, strict=strict)
     typer.echo(api.comparison_table([report]))
     typer.echo(f"ops: {', '.join(report['ops'])}")
     typer.echo(report["file"])
@@ -229,13 +233,14 @@ def convert(
     target: Annotated[str, typer.Argument(metavar="RUN_DIR", help="A training run directory (or a .keras file).")],
     fully_convolutional: Annotated[bool, typer.Option("--fully-convolutional", help="Rewrite the Flatten → Dense head as an h×w convolution and 1×1 convolutions.")] = False,
     out: Annotated[Optional[str], typer.Option("--out", metavar="FILE", help="Output .keras file (default: RUN_DIR/model_fcn.keras).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output file.")] = False,
 ):
     """Convert a trained model; prints the written file on its last line."""
     if not fully_convolutional:
         raise KcnnError("say which conversion: --fully-convolutional")
     from kcnn.models.convert import convert_run
 
-    typer.echo(str(convert_run(target, out)))
+    typer.echo(str(convert_run(target, out, force=force)))
 
 
 @app.command()
@@ -272,41 +277,23 @@ FinetuneLr = Annotated[Optional[float], typer.Option(
     "--lr", help="Fine-tuning peak learning rate (default: a third of the recipe's), cosine to 0.")]
 
 
-def _compress_checks(run_dir: str, finetune_epochs: int) -> None:
-    """Argument checks that need no TensorFlow (a bad call fails fast and writes nothing)."""
-    if finetune_epochs < 0:
-        raise KcnnError(f"--finetune-epochs: must be >= 0 (got {finetune_epochs})")
-    from kcnn.compress.common import open_source_run
-
-    open_source_run(run_dir)
-
-
 @compress_app.command("prune")
 @user_errors
 def compress_prune(
     run_dir: Annotated[str, typer.Argument(help="A training run directory.")],
-    method: Annotated[str, typer.Option("--method", help="filter: remove the filters with the smallest L1 norm and rebuild a thinner model; magnitude: zero the smallest weights.")] = "filter",
+    method: Annotated[str, typer.Option("--method", help=f"{listing(PruneMethod)}. filter: remove the filters with the smallest L1 norm and rebuild a thinner model; magnitude: zero the smallest weights.")] = "filter",
     sparsity: Annotated[float, typer.Option("--sparsity", help="Share of filters (filter) or of each kernel's weights (magnitude) to remove, in (0, 1).")] = 0.5,
     rounds: Annotated[int, typer.Option("--rounds", help="Prune / fine-tune rounds; each removes the same share of what is left.")] = 3,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", metavar="N", help="Fine-tuning epochs after each round.")] = 3,
-    criterion: Annotated[str, typer.Option("--criterion", help="filter: l1_bn (L1 norm of the filter with the following BatchNorm folded in) or l1 (the kernel's own filters).")] = "l1_bn",
+    criterion: Annotated[str, typer.Option("--criterion", help=f"{listing(PruneCriterion)}. filter pruning: l1_bn scores the filter with the following BatchNorm folded in, l1 the kernel's own filters.")] = "l1_bn",
     lr: FinetuneLr = None,
     out: CompressOut = None,
     no_tflite: NoTflite = False,
 ):
     """Prune a trained run: score, remove, fine-tune, repeat; prints before → after."""
-    if method not in ("magnitude", "filter"):
-        raise KcnnError(f"--method: unknown method {method!r}; valid: magnitude, filter")
-    if not 0 < sparsity < 1:
-        raise KcnnError(f"--sparsity: must be in (0, 1) (got {sparsity})")
-    if rounds < 1:
-        raise KcnnError(f"--rounds: must be >= 1 (got {rounds})")
-    _compress_checks(run_dir, finetune_epochs)
     from kcnn.compress.common import comparison_table
     from kcnn.compress.prune import prune_run
 
-    if criterion not in ("l1_bn", "l1"):
-        raise KcnnError(f"--criterion: unknown criterion {criterion!r}; valid: l1_bn, l1")
     path, report = prune_run(run_dir, method=method, sparsity=sparsity, rounds=rounds,
                              finetune_epochs=finetune_epochs, lr=lr, criterion=criterion,
                              out=out, tflite=not no_tflite)
@@ -320,22 +307,13 @@ def compress_lowrank(
     run_dir: Annotated[str, typer.Argument(help="A training run directory.")],
     energy: Annotated[Optional[float], typer.Option("--energy", help="Keep the smallest rank whose singular values hold this share of the energy, in (0, 1].")] = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="A fixed rank for every factorized layer.")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="Conv2D split: spatial (k×1 then 1×k) or channel (k×k into fewer channels, then 1×1).")] = "spatial",
+    mode: Annotated[str, typer.Option("--mode", help=f"{listing(LowrankMode)}. How a Conv2D splits: spatial (k×1 then 1×k) or channel (k×k into fewer channels, then 1×1).")] = "spatial",
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", metavar="N", help="Fine-tuning epochs after the factorization.")] = 0,
     lr: FinetuneLr = None,
     out: CompressOut = None,
     no_tflite: NoTflite = False,
 ):
     """Factorize Dense and Conv2D layers by truncated SVD; prints before → after."""
-    if (energy is None) == (rank is None):
-        raise KcnnError("give --energy or --rank (one of them)")
-    if energy is not None and not 0 < energy <= 1:
-        raise KcnnError(f"--energy: must be in (0, 1] (got {energy})")
-    if rank is not None and rank < 1:
-        raise KcnnError(f"--rank: must be a positive integer (got {rank})")
-    if mode not in ("spatial", "channel"):
-        raise KcnnError(f"--mode: unknown mode {mode!r}; valid: spatial, channel")
-    _compress_checks(run_dir, finetune_epochs)
     from kcnn.compress.common import comparison_table
     from kcnn.compress.lowrank import lowrank_run
 
@@ -364,10 +342,6 @@ def bench_train(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ):
     """Training images/s and steps/s of a recipe's model after a warm-up."""
-    if steps <= warmup + 1 or warmup < 0:
-        raise KcnnError(f"--steps must exceed --warmup + 1 (got steps={steps}, warmup={warmup})")
-    if batch_size is not None and batch_size < 1:
-        raise KcnnError(f"--batch-size: must be >= 1 (got {batch_size})")
     from kcnn.recipes import load
 
     parsed = load(recipe, set_)

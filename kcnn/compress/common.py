@@ -15,7 +15,7 @@ from typing import Any
 
 from kcnn import __version__
 from kcnn.errors import KcnnError, RunDirError
-from kcnn.io import atomic_path, write_json
+from kcnn.io import atomic_path, public_mode, write_json
 
 
 # ----------------------------------------------------------------------------- source run
@@ -30,23 +30,20 @@ class Source:
 
 
 def open_source_run(run_dir: str | Path):
-    """The run (``RunDir``) with a trained ``model.keras``; a :class:`RunDirError` otherwise.
+    """The run (``RunDir``) with a trained ``model.keras``; a :class:`KcnnError` otherwise.
 
-    Imports nothing heavy, so the CLI checks its argument before loading TensorFlow.
+    Imports nothing heavy, so a bad argument fails before TensorFlow loads.
     """
-    from kcnn.engine.rundir import RunDir
+    from kcnn.saving import resolve
 
-    run = RunDir.open(run_dir)
-    if not run.model.is_file():
-        raise RunDirError(f"{run_dir}: run has no model.keras yet (train it first)")
-    return run
+    return resolve(run_dir, kinds=("run",)).run
 
 
 def load_source(run_dir: str | Path) -> Source:
     from kcnn.data.sources import load_dataset
-    from kcnn.engine.evaluate import load_keras_model
-    from kcnn.engine.train import setup_determinism
+    from kcnn.engine.prepare import setup_determinism
     from kcnn.recipes import load
+    from kcnn.saving import load_keras_model
 
     run = open_source_run(run_dir)
     recipe = load(run.recipe)
@@ -60,6 +57,37 @@ def load_source(run_dir: str | Path) -> Source:
         raise KcnnError(f"{run.model}: compression needs a functional model "
                         f"(got a subclassed {type(model).__name__})")
     return Source(run, recipe, data, model)
+
+
+def check_finetune(finetune_epochs: int, lr: float | None) -> None:
+    if not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+        raise KcnnError(f"--finetune-epochs: must be >= 0 (got {finetune_epochs})")
+    if lr is not None and not lr > 0:
+        raise KcnnError(f"--lr: must be > 0 (got {lr})")
+
+
+def plain_copy(model):
+    """The same functional model with fresh layers and the same weights, uncompiled
+    (no masks, constraints' state or optimizer): what a compressed run keeps."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def open_and_measure(run_dir: str | Path, out: str | Path | None, *, tflite: bool,
+                     latency_runs: int, log) -> tuple[Source, dict[str, Any]]:
+    """Open the source run (refusing a taken ``out`` first) and measure its model: the
+    "before" column of every compress command."""
+    run = open_source_run(run_dir)
+    if out is not None:
+        check_out(out)
+    source = load_source(run.path)
+    log(f"measuring the source model {source.run.model}")
+    before = measure(source.model, source, tflite=tflite, latency_runs=latency_runs)
+    before["accuracy_bn_recalibrated"] = source_accuracy_recalibrated(source)
+    return source, before
 
 
 def check_fraction(value: float, option: str) -> float:
@@ -102,9 +130,7 @@ def write_run(out: Path, source: Source, model, *, info: dict[str, Any],
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a run dir is not
+        os.chmod(tmp, public_mode(directory=True))  # mkdtemp makes it private; a run dir is not
         run = RunDir(tmp)
         for sub in ("checkpoints", "plots"):
             (tmp / sub).mkdir()
@@ -176,8 +202,9 @@ def finetune(model, source: Source, epochs: int, *, lr: float | None = None, see
         return []
     import keras
 
-    from kcnn.data.pipeline import EpochFeeder, eval_dataset, train_dataset
+    from kcnn.data.pipeline import eval_dataset, train_dataset
     from kcnn.data.samplers import make_sampler
+    from kcnn.engine.fit import fit_epochs
     from kcnn.engine.optim import make_optimizer
     from kcnn.losses import make_loss
     from kcnn.recipes.schema import CosineSchedule
@@ -195,28 +222,40 @@ def finetune(model, source: Source, epochs: int, *, lr: float | None = None, see
     seed = recipe.seed + 7919 * (seed_offset + 1)
     sampler = make_sampler(recipe.data.sampler, data.train.y, data.num_classes, seed,
                            epochs=epochs, class_names=data.class_names)
-    feeder = EpochFeeder(sampler, ft.batch_size, 0, epochs)
-    model.compile(optimizer=make_optimizer(ft, feeder.steps_per_epoch),
+    model.compile(optimizer=make_optimizer(ft, sampler.num_batches(ft.batch_size)),
                   loss=make_loss(ft.loss, data.num_classes, data.class_counts, data.class_names),
                   metrics=["accuracy"])
     if verbose is None:
         verbose = 2 if sys.stderr.isatty() else 0
     hist = keras.callbacks.History()
-    model.fit(
-        train_dataset(data.train, feeder, recipe.data.augment, seed),
-        epochs=epochs,
-        steps_per_epoch=feeder.steps_per_epoch,
-        validation_data=eval_dataset(data.val, ft.batch_size) if len(data.val) else None,
-        callbacks=[hist, *callbacks],
-        verbose=verbose,
-        shuffle=False,
-    )
+    fit_epochs(model, lambda feeder: train_dataset(data.train, feeder, recipe.data.augment, seed),
+               sampler, ft.batch_size, 0, epochs,
+               validation_data=eval_dataset(data.val, ft.batch_size) if len(data.val) else None,
+               callbacks=[hist, *callbacks], verbose=verbose)
     rows = []
     for e in range(len(hist.epoch)):
         row = {"epoch": first_epoch + e, **(tag or {})}
         row.update({k: float(v[e]) for k, v in hist.history.items()})
         rows.append(row)
     return rows
+
+
+def recalibrate_and_finetune(model, source: Source, epochs: int, *, lr: float | None, round_: int,
+                             first_epoch: int, verbose: int | None, log, what: str = ""):
+    """One compression round's recovery: re-estimate BN statistics, fine-tune, re-estimate
+    again. Returns ``(history rows, accuracy before fine-tuning, accuracy after)``."""
+    recalibrate_batchnorm(model, source, seed_offset=2 * round_)
+    acc = measure(model, source, tflite=False)["accuracy"]
+    log(f"{what}accuracy {acc:.4f} with BN statistics re-estimated")
+    rows = finetune(model, source, epochs, lr=lr, seed_offset=round_, first_epoch=first_epoch,
+                    tag={"round": round_}, verbose=verbose)
+    after = acc
+    if rows:
+        recalibrate_batchnorm(model, source, seed_offset=2 * round_ + 1)
+        after = measure(model, source, tflite=False)["accuracy"]
+        epochs_word = "epoch" if len(rows) == 1 else "epochs"
+        log(f"{what}accuracy after {len(rows)} fine-tuning {epochs_word} {after:.4f}")
+    return rows, acc, after
 
 
 def recalibrate_batchnorm(model, source: Source, seed_offset: int = 0) -> int:
@@ -274,7 +313,7 @@ def measure(model, source: Source, *, tflite: bool = True, latency_runs: int = 1
 
     split = split or source.recipe.evaluate.split
     part = source.data.split(split)
-    logits = predict_logits(model, part.x, source.recipe.train.batch_size)
+    logits = predict_logits(model, part, source.recipe.train.batch_size)
     out: dict[str, Any] = {
         "params": int(model.count_params()),
         "nonzero_params": int(sum(int(np.count_nonzero(w)) for w in model.get_weights())),
@@ -283,7 +322,7 @@ def measure(model, source: Source, *, tflite: bool = True, latency_runs: int = 1
         "split": split,
     }
     if tflite:
-        out.update(tflite_stats(model, part.x, part.y, latency_runs))
+        out.update(tflite_stats(model, part, part.y, latency_runs))
     return out
 
 
@@ -300,7 +339,8 @@ def tflite_stats(model, x, y, latency_runs: int = 100) -> dict[str, Any]:
         "tflite_bytes": len(content),
         "tflite_gzip_bytes": len(gzip.compress(content, 9)),
         "tflite_accuracy": float(np.mean(pred == y)),
-        "latency_ms": lite.latency_ms(x[0], runs=latency_runs),
+        "latency_ms": lite.latency_ms(x.images([0])[0] if hasattr(x, "images") else x[0],
+                                      runs=latency_runs),
     }
 
 
@@ -343,7 +383,7 @@ def comparison_table(before: dict[str, Any], after: dict[str, Any]) -> str:
 
 
 def base_info(method: str, source: Source, settings: dict[str, Any]) -> dict[str, Any]:
-    from kcnn.engine.train import versions
+    from kcnn.engine.prepare import versions
 
     return {
         "method": method,

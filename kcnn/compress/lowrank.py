@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from kcnn.choices import LowrankMode, values
 from kcnn.compress import common
 from kcnn.errors import KcnnError
 
-MODES = ("spatial", "channel")
+MODES = values(LowrankMode)
 
 
 def rank_for_energy(singular_values: np.ndarray, energy: float) -> int:
@@ -224,16 +225,9 @@ def lowrank_run(run_dir: str | Path, *, energy: float | None = None, rank: int |
         raise KcnnError(f"--rank: must be a positive integer (got {rank})")
     if mode not in MODES:
         raise KcnnError(f"--mode: unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    if finetune_epochs < 0:
-        raise KcnnError(f"--finetune-epochs: must be >= 0 (got {finetune_epochs})")
-    run = common.open_source_run(run_dir)
-    if out is not None:
-        common.check_out(out)
-
-    source = common.load_source(run.path)
-    log(f"measuring the source model {source.run.model}")
-    before = common.measure(source.model, source, tflite=tflite, latency_runs=latency_runs)
-    before["accuracy_bn_recalibrated"] = common.source_accuracy_recalibrated(source)
+    common.check_finetune(finetune_epochs, lr)
+    source, before = common.open_and_measure(run_dir, out, tflite=tflite,
+                                             latency_runs=latency_runs, log=log)
     model, report = factorize(source.model, energy=energy, rank=rank, mode=mode)
     if not report["layers"]:
         raise KcnnError("no layer was factorized: at this energy/rank no factorization saves "
@@ -246,7 +240,7 @@ def lowrank_run(run_dir: str | Path, *, energy: float | None = None, rank: int |
     history = common.finetune(model, source, finetune_epochs, lr=lr, verbose=verbose)
     if history:
         common.recalibrate_batchnorm(model, source, seed_offset=1)
-        model = _plain_copy(model)
+        model = common.plain_copy(model)
     after = common.measure(model, source, tflite=tflite, latency_runs=latency_runs)
     settings = {"energy": energy, "rank": rank, "mode": mode, "finetune_epochs": finetune_epochs,
                 "bn_recalibration": True,
@@ -259,11 +253,3 @@ def lowrank_run(run_dir: str | Path, *, energy: float | None = None, rank: int |
                                                                runs_root)
     path = common.write_run(out, source, model, info=info, history=history)
     return path, info
-
-
-def _plain_copy(model):
-    import keras
-
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    return copy

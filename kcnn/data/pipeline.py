@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kcnn.data.dataset import FileSplit, Split
 from kcnn.data.samplers import IndexSampler
-from kcnn.data.sources import Split
 from kcnn.recipes import schema as S
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -118,8 +118,28 @@ def shard_batch(idx: np.ndarray, pieces: int) -> list[np.ndarray]:
     return np.split(idx, pieces)
 
 
+def image_loader(split: Split | FileSplit):
+    """``idx → float32 images`` for a batch of indices, as a tf.data map function.
+
+    An array split gathers from a constant; a file-backed split reads its decoded
+    cache or decodes the files (Pillow, in a ``tf.numpy_function``: tf.data runs
+    several batches at once, and Pillow decodes without holding the GIL).
+    """
+    if isinstance(split, Split):
+        images = tf.constant(split.x)
+        return lambda idx: tf.cast(tf.gather(images, idx), tf.float32)
+    shape = split.image_shape
+
+    def load(idx):
+        batch = tf.numpy_function(split.load_batch, [idx], tf.uint8, stateful=False)
+        batch.set_shape((None, *shape))
+        return tf.cast(batch, tf.float32)
+
+    return load
+
+
 def train_dataset(
-    split: Split,
+    split: Split | FileSplit,
     feeder: EpochFeeder,
     augment: S.Augment,
     seed: int,
@@ -129,7 +149,7 @@ def train_dataset(
     Yields ``(x, y)``, or ``(x, y, w)`` when the split carries per-sample weights
     (Keras ``fit`` then multiplies each sample's loss by its weight).
     """
-    images = tf.constant(split.x)
+    images = image_loader(split)
     labels = tf.constant(split.y)
     weights = None if split.w is None else tf.constant(split.w, tf.float32)
     signature = (
@@ -140,7 +160,7 @@ def train_dataset(
     ds = tf.data.Dataset.from_generator(feeder, output_signature=signature)
 
     def load(epoch, batch, idx):
-        x = tf.cast(tf.gather(images, idx), tf.float32)
+        x = images(idx)
         y = tf.gather(labels, idx)
         if augment.enabled:
             x = augment_batch(x, augment, tf.stack([tf.constant(seed, tf.int64), epoch * 100_003 + batch]))
@@ -151,9 +171,17 @@ def train_dataset(
     return ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)
 
 
-def eval_dataset(split: Split, batch_size: int) -> tf.data.Dataset:
+def eval_dataset(split: Split | FileSplit, batch_size: int) -> tf.data.Dataset:
     """Unshuffled batches of a split, for validation and evaluation."""
-    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y)).batch(batch_size)
-    return ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE).prefetch(
-        AUTOTUNE
-    )
+    if isinstance(split, Split):
+        ds = tf.data.Dataset.from_tensor_slices((split.x, split.y)).batch(batch_size)
+        return ds.map(lambda x, y: (tf.cast(x, tf.float32), y),
+                      num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    images, labels, n = image_loader(split), tf.constant(split.y), len(split)
+    starts = tf.data.Dataset.range(0, n, batch_size)
+
+    def load(start):
+        idx = tf.range(start, tf.minimum(start + batch_size, n))
+        return images(idx), tf.gather(labels, idx)
+
+    return starts.map(load, num_parallel_calls=AUTOTUNE, deterministic=True).prefetch(AUTOTUNE)

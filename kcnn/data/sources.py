@@ -1,145 +1,111 @@
-"""Data sources → in-memory train/val/test arrays with a deterministic stratified split.
+"""Data sources, registered by the name a recipe's ``data.source.type`` uses.
 
-Every source returns images as ``(N, H, W, C)`` arrays (uint8 or float32, raw
-pixel values: rescaling and standardization are part of the model) and integer
-labels ``(N,)``, or, under ``data.task: regression``, float32 targets ``(N, k)``.
+Each source is a class built from the recipe's whole ``data`` section with two
+methods:
+
+* :meth:`Source.load` reads the samples and splits them (:func:`kcnn.data.dataset.assemble`)
+  into the :class:`~kcnn.data.dataset.Dataset` the engine trains on;
+* :meth:`Source.shape` tells the input shape and the output width (classes, or
+  targets under regression) as cheaply as it can, without decoding images
+  (``kcnn info RECIPE``).
+
+| type        | reads                                                               |
+|-------------|---------------------------------------------------------------------|
+| `digits`    | scikit-learn's bundled 8×8 digits (pixels 0–16)                     |
+| `npz`       | ``x``/``y`` arrays (+ ``x_val``/``x_test``, ``w``/``cost``, names)  |
+| `directory` | ``root/<class>/<image>`` (or ``root/{train,val,test}/<class>/…``)   |
+| `csv`       | rows of image path, label or targets, optional cost and split       |
+| `keras`     | ``keras.datasets`` (mnist, fashion_mnist, cifar10, cifar100)        |
 """
 
 from __future__ import annotations
 
-import dataclasses
+import csv
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from kcnn.data.dataset import Dataset, FileSplit, SourceData, Split, assemble
 from kcnn.errors import DataError
 from kcnn.recipes import schema as S
+from kcnn.registry import Registry
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+__all__ = ["SOURCES", "Dataset", "Source", "Split", "load_dataset", "make_source"]
 
+_SPLIT_NAMES = ("train", "val", "test")
 
-@dataclasses.dataclass
-class Split:
-    x: np.ndarray
-    y: np.ndarray
-    w: np.ndarray | None = None  # per-sample weight (cost) for the loss; None: all 1
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, idx: np.ndarray) -> Split:
-        """The samples at ``idx`` (weights included)."""
-        return Split(self.x[idx], self.y[idx], None if self.w is None else self.w[idx])
+SOURCES: Registry[type[Source]] = Registry("data source")
 
 
-@dataclasses.dataclass
-class Dataset:
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int  # regression: the number of targets (the model's output width)
-    class_names: list[str]  # regression: the target names
-    task: str = "classification"
+class Source:
+    """One kind of data source. Subclasses set ``type`` and implement :meth:`read`."""
+
+    type: ClassVar[str]
+
+    def __init__(self, data: S.Data):
+        self.data = data
+        self.cfg = data.source
+        self.task = data.task
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.train.x.shape[1:])
-
-    @property
-    def is_regression(self) -> bool:
+    def regression(self) -> bool:
         return self.task == "regression"
 
-    @property
-    def sampler_labels(self) -> np.ndarray:
-        """What the sampler orders: the class labels (one pseudo-class under regression)."""
-        return np.zeros(len(self.train), np.int64) if self.is_regression else self.train.y
+    def read(self) -> SourceData:
+        """The samples as the source has them, before splitting."""
+        raise NotImplementedError
 
-    @property
-    def class_counts(self) -> np.ndarray | None:
-        """Training samples per class (what class weights and priors are computed from);
-        None under regression."""
-        if self.is_regression:
-            return None
-        return np.bincount(self.train.y, minlength=self.num_classes)[: self.num_classes]
+    def load(self) -> Dataset:
+        """Read and split (file-backed splits get their decoded cache, ``data.cache``):
+        the data set the engine trains on."""
+        from kcnn.data.cache import attach_cache
 
-    def split(self, name: str) -> Split:
-        if name not in ("train", "val", "test"):
-            raise DataError(f"unknown split {name!r}; valid: train, val, test")
-        return getattr(self, name)
+        return attach_cache(assemble(self.data, self.read()), self.data.cache, self.data.cache_dir)
+
+    def shape(self, need_outputs: bool = True) -> tuple[tuple[int, ...], int | None]:
+        """(input shape, output width); the width may be None when ``need_outputs`` is false."""
+        raise NotImplementedError
 
 
-# ----------------------------------------------------------------------------- sources
-def _digits(src: S.DigitsSource, task: str):
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = bunch.images.astype("float32")[..., None]  # values 0..16
-    if src.resize:
-        x = _resize(x, src.resize)
-    return x, bunch.target.astype("int64"), None, None, [str(c) for c in range(10)]
+def make_source(data: S.Data) -> Source:
+    return SOURCES.get(data.source.type)(data)
 
 
-def _resize(x: np.ndarray, size: int) -> np.ndarray:
-    import keras
-
-    out = keras.ops.image.resize(x, (size, size), interpolation="bilinear", antialias=False)
-    return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
-
-
-def _npz(src: S.NpzSource, task: str):
-    path = Path(src.path)
-    if not path.is_file():
-        raise DataError(f"data.source.path: npz file not found: {path}")
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), if known."""
     try:
-        arrays = dict(np.load(path, allow_pickle=False))
-    except Exception as err:
-        raise DataError(f"{path}: cannot read npz file ({err})") from None
-    for key in ("x", "y"):
-        if key not in arrays:
-            raise DataError(f"{path}: missing array {key!r} (found: {', '.join(sorted(arrays))})")
-    convert = _targets if task == "regression" else _labels
-
-    def pair(xk: str, yk: str):
-        if (xk in arrays) != (yk in arrays):
-            raise DataError(f"{path}: {xk!r} and {yk!r} must be given together")
-        if xk not in arrays:
-            return None
-        x, y = _images(arrays[xk], f"{path}: {xk}"), np.asarray(arrays[yk])
-        if len(x) != len(y):
-            raise DataError(f"{path}: {xk!r} has {len(x)} samples but {yk!r} has {len(y)}")
-        return Split(x, convert(y, f"{path}: {yk}"))
-
-    main, val, test = pair("x", "y"), pair("x_val", "y_val"), pair("x_test", "y_test")
-    name_key = "target_names" if task == "regression" else "class_names"
-    names = [str(n) for n in arrays[name_key]] if name_key in arrays else None
-    return main.x, main.y, val, test, names, _sample_weights(arrays, len(main), path)
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
-def _sample_weights(arrays: dict[str, np.ndarray], n: int, path: Path) -> np.ndarray | None:
-    """The optional per-sample cost vector of the main arrays: ``w`` or ``cost``, shape (N,)."""
-    keys = [k for k in ("w", "cost") if k in arrays]
-    if not keys:
-        return None
-    if len(keys) > 1:
-        raise DataError(f"{path}: give per-sample weights as 'w' or 'cost', not both")
-    w = np.asarray(arrays[keys[0]])
-    if w.ndim == 2 and w.shape[1] == 1:
-        w = w[:, 0]
-    if w.shape != (n,) or w.dtype.kind not in "iuf":
-        raise DataError(f"{path}: {keys[0]!r} must be {n} numbers, one per sample of 'x' (got shape {w.shape}, dtype {w.dtype})")
-    return _check_costs(w, f"{path}: {keys[0]!r}")
+def check_batch_memory(data: S.Data, batch_size: int) -> None:
+    """Refuse an image size whose training batch cannot fit in memory, before anything is
+    read: per image the decoded uint8 copy, the float32 batch and its augmented copy."""
+    shape, _ = make_source(data).shape(need_outputs=False)
+    per_image = int(np.prod(shape)) * (1 + 4 + 4)
+    need = per_image * batch_size
+    free = available_memory()
+    if free is not None and need > free // 2:
+        where = ("data.source.image_size" if data.source.type in ("directory", "csv")
+                 else "data.source.resize")
+        raise DataError(f"{where}: images of {'×'.join(map(str, shape))} need about "
+                        f"{need / 2**30:,.1f} GiB per batch of {batch_size} before the model's own "
+                        f"activations, and {free / 2**30:,.1f} GiB is available; use a smaller "
+                        f"image size or train.batch_size")
 
 
-def _check_costs(w: np.ndarray, where: str) -> np.ndarray:
-    """Per-sample costs as float32: finite, >= 0 and not all zero."""
-    w = np.asarray(w, dtype="float32")
-    if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise DataError(f"{where} must be finite and >= 0 (per-sample costs)")
-    if not np.any(w > 0):
-        raise DataError(f"{where} is all zeros: no sample would count")
-    return w
+def load_dataset(data: S.Data) -> Dataset:
+    """The recipe's data, read and split (see :func:`kcnn.data.dataset.assemble`)."""
+    return make_source(data).load()
 
 
+# ----------------------------------------------------------------------------- value checks
 def _images(x: np.ndarray, where: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[..., None]
@@ -177,292 +143,383 @@ def _targets(y: np.ndarray, where: str) -> np.ndarray:
     return y
 
 
+def _check_costs(w: np.ndarray, where: str) -> np.ndarray:
+    """Per-sample costs as float32: finite, >= 0 and not all zero."""
+    w = np.asarray(w, dtype="float32")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise DataError(f"{where} must be finite and >= 0 (per-sample costs)")
+    if not np.any(w > 0):
+        raise DataError(f"{where} is all zeros: no sample would count")
+    return w
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    import keras
+
+    out = keras.ops.image.resize(x, (size, size), interpolation="bilinear", antialias=False)
+    return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
+
+
+def _file_split(cfg: S.DirectorySource | S.CsvSource, files: list[str], y: np.ndarray,
+                w: np.ndarray | None, where: str) -> tuple[FileSplit, list[tuple[str, str]]]:
+    """Header-check ``files`` and build the split; unreadable files stop here (one line)
+    or are left out (``on_bad_image: skip``) and returned as ``(file, reason)``."""
+    from kcnn.data.images import check_files
+
+    ok, bad = check_files(files, f"checking {where}")
+    if bad and cfg.on_bad_image == "error":
+        path, reason = bad[0]
+        more = f" ({len(bad) - 1} more bad files)" if len(bad) > 1 else ""
+        raise DataError(f"{path}: {reason}{more}; fix or remove it, or set "
+                        f"data.source.on_bad_image: skip")
+    keep = np.flatnonzero(ok)
+    split = FileSplit(np.asarray(files, dtype=object)[keep], y[keep],
+                      None if w is None else w[keep], tuple(cfg.image_size),
+                      3 if cfg.color_mode == "rgb" else 1)
+    return split, bad
+
+
+def _file_image_shape(src: S.DirectorySource | S.CsvSource) -> tuple[int, ...]:
+    return (*src.image_size, 3 if src.color_mode == "rgb" else 1)
+
+
+# ----------------------------------------------------------------------------- digits
+@SOURCES.register("digits")
+class DigitsSource(Source):
+    """scikit-learn's bundled 8×8 handwritten digits (1,797 images, pixels 0–16)."""
+
+    type = "digits"
+
+    def read(self) -> SourceData:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = bunch.images.astype("float32")[..., None]  # values 0..16
+        if self.cfg.resize:
+            x = _resize(x, self.cfg.resize)
+        return SourceData(Split(x, bunch.target.astype("int64")), names=[str(c) for c in range(10)])
+
+    def shape(self, need_outputs: bool = True):
+        side = self.cfg.resize or 8
+        return (side, side, 1), 10
+
+
+# ----------------------------------------------------------------------------- npz
+@SOURCES.register("npz")
+class NpzSource(Source):
+    """Arrays in an ``.npz`` file; see :class:`kcnn.recipes.schema.NpzSource`."""
+
+    type = "npz"
+
+    @property
+    def path(self) -> Path:
+        path = Path(self.cfg.path)
+        if not path.is_file():
+            raise DataError(f"data.source.path: npz file not found: {path}")
+        return path
+
+    def read(self) -> SourceData:
+        path = self.path
+        try:
+            arrays = dict(np.load(path, allow_pickle=False))
+        except Exception as err:
+            raise DataError(f"{path}: cannot read npz file ({err})") from None
+        for key in ("x", "y"):
+            if key not in arrays:
+                raise DataError(f"{path}: missing array {key!r} (found: {', '.join(sorted(arrays))})")
+        main, val, test = (self._pair(arrays, xk, yk) for xk, yk in
+                           (("x", "y"), ("x_val", "y_val"), ("x_test", "y_test")))
+        main.w = self._sample_weights(arrays, len(main))
+        name_key = "target_names" if self.regression else "class_names"
+        names = [str(n) for n in arrays[name_key]] if name_key in arrays else None
+        return SourceData(main, val, test, names)
+
+    def _pair(self, arrays: dict[str, np.ndarray], xk: str, yk: str) -> Split | None:
+        path = self.cfg.path
+        if (xk in arrays) != (yk in arrays):
+            raise DataError(f"{path}: {xk!r} and {yk!r} must be given together")
+        if xk not in arrays:
+            return None
+        x, y = _images(arrays[xk], f"{path}: {xk}"), np.asarray(arrays[yk])
+        if x.dtype.kind == "f":
+            bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+            if bad:
+                raise DataError(f"{path}: {xk!r} has {bad:,} non-finite pixel values (NaN or "
+                                f"inf) in {int(np.any(~np.isfinite(x.reshape(len(x), -1)), axis=1).sum()):,} "
+                                f"images; clean or drop them")
+        if len(x) != len(y):
+            raise DataError(f"{path}: {xk!r} has {len(x)} samples but {yk!r} has {len(y)}")
+        convert = _targets if self.regression else _labels
+        return Split(x, convert(y, f"{path}: {yk}"))
+
+    def _sample_weights(self, arrays: dict[str, np.ndarray], n: int) -> np.ndarray | None:
+        """The optional per-sample cost vector of the main arrays: ``w`` or ``cost``, shape (N,)."""
+        path = self.cfg.path
+        keys = [k for k in ("w", "cost") if k in arrays]
+        if not keys:
+            return None
+        if len(keys) > 1:
+            raise DataError(f"{path}: give per-sample weights as 'w' or 'cost', not both")
+        w = np.asarray(arrays[keys[0]])
+        if w.ndim == 2 and w.shape[1] == 1:
+            w = w[:, 0]
+        if w.shape != (n,) or w.dtype.kind not in "iuf":
+            raise DataError(f"{path}: {keys[0]!r} must be {n} numbers, one per sample of 'x' "
+                            f"(got shape {w.shape}, dtype {w.dtype})")
+        return _check_costs(w, f"{path}: {keys[0]!r}")
+
+    def shape(self, need_outputs: bool = True):
+        """From the ``x.npy`` header (no array is read), and ``y`` when the width is needed."""
+        import zipfile
+
+        path = self.path
+        with zipfile.ZipFile(path) as zf, zf.open("x.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, _ = read(fh)
+        shape = tuple(shape[1:]) if len(shape) == 4 else (*shape[1:], 1)
+        if not need_outputs:
+            return shape, None
+        with np.load(path) as data:
+            if self.regression:
+                y = data["y"]
+                return shape, 1 if y.ndim == 1 else int(y.shape[1])
+            return shape, int(max(int(data[k].max()) for k in ("y", "y_val", "y_test")
+                                  if k in data.files)) + 1
+
+
+# ----------------------------------------------------------------------------- directory
 def _class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _load_image(path: Path, src: S.DirectorySource | S.CsvSource) -> np.ndarray:
-    """One image file as a uint8 (H, W, C) array of the source's size and colour mode."""
-    import keras
+@SOURCES.register("directory")
+class DirectorySource(Source):
+    """``root/<class>/<image>``, or ``root/{train,val,test}/<class>/<image>``."""
 
-    try:
-        img = keras.utils.load_img(path, color_mode=src.color_mode, target_size=tuple(src.image_size))
-    except Exception as err:
-        raise DataError(f"{path}: unreadable image ({type(err).__name__}: {err})") from None
-    return np.asarray(keras.utils.img_to_array(img), dtype="uint8")
+    type = "directory"
+
+    def _layout(self) -> tuple[Path, Path, set[str], list[str]]:
+        """(root, the folder holding the training classes, own split folders, class names)."""
+        root = Path(self.cfg.path)
+        if not root.is_dir():
+            raise DataError(f"data.source.path: image folder not found: {root}")
+        own = {p.name for p in _class_folders(root)} & set(_SPLIT_NAMES)
+        base = root / "train" if "train" in own else root
+        classes = [p.name for p in _class_folders(base)]
+        if not classes:
+            raise DataError(f"{base}: no class sub-folders found (expected {base}/<class>/<image>)")
+        return root, base, own, classes
+
+    def read(self) -> SourceData:
+        root, base, own, classes = self._layout()
+        skipped: list[tuple[str, str]] = []
+        parts = {}
+        for name, folder in (("train", base), ("val", root / "val"), ("test", root / "test")):
+            if name == "train" or name in own:
+                parts[name] = self._list_folder(folder, classes, name, skipped)
+        return SourceData(parts["train"], parts.get("val"), parts.get("test"), classes, skipped)
+
+    def _list_folder(self, root: Path, classes: list[str], name: str,
+                     skipped: list[tuple[str, str]]) -> FileSplit:
+        """The images of ``root/<class>/`` (files listed, not decoded)."""
+        from kcnn.data.images import first_names, is_image_name
+
+        files, labels, foreign = [], [], []
+        for label, cls in enumerate(classes):
+            folder = root / cls
+            entries = sorted(e for e in folder.iterdir() if e.is_file()
+                             and not e.name.startswith(".")) if folder.is_dir() else []
+            images = [str(e) for e in entries if is_image_name(e.name)]
+            foreign += [str(e) for e in entries if not is_image_name(e.name)]
+            if not images:
+                raise DataError(f"{folder}: class folder {cls!r} has no images")
+            files += images
+            labels += [label] * len(images)
+        if foreign and self.cfg.on_bad_image == "error":
+            n = len(foreign)
+            raise DataError(f"{root}: {n} {'file is' if n == 1 else 'files are'} not an image "
+                            f"kcnn reads ({first_names(foreign)}); remove "
+                            f"{'it' if n == 1 else 'them'} or set data.source.on_bad_image: skip")
+        skipped += [(f, "not an image file kcnn reads") for f in foreign]
+        split, bad = _file_split(self.cfg, files, np.asarray(labels, np.int64), None,
+                                 f"{name} images")
+        skipped += bad
+        for label, cls in enumerate(classes):
+            if not np.any(split.y == label):
+                raise DataError(f"{root / cls}: class folder {cls!r} has no readable images")
+        return split
+
+    def shape(self, need_outputs: bool = True):
+        shape = _file_image_shape(self.cfg)
+        if not need_outputs:
+            return shape, None
+        root = Path(self.cfg.path)
+        if not root.is_dir():
+            raise DataError(f"data.source.path: image folder not found: {root} (set "
+                            f"data.num_classes or model.num_classes to analyse without it)")
+        return shape, len(self._layout()[3])
 
 
-def _load_folder(root: Path, classes: list[str], src: S.DirectorySource) -> Split:
-    xs, ys = [], []
-    for label, name in enumerate(classes):
-        folder = root / name
-        files = (
-            sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-            if folder.is_dir()
-            else []
-        )
-        if not files:
-            raise DataError(f"{folder}: class folder {name!r} has no images ({', '.join(IMAGE_SUFFIXES)})")
-        for f in files:
-            xs.append(_load_image(f, src))
-            ys.append(label)
-    return Split(np.stack(xs), np.asarray(ys, dtype="int64"))
-
-
-def _directory(src: S.DirectorySource, task: str):
-    root = Path(src.path)
-    if not root.is_dir():
-        raise DataError(f"data.source.path: image folder not found: {root}")
-    own = {p.name for p in _class_folders(root)} & {"train", "val", "test"}
-    base = root / "train" if "train" in own else root
-    classes = [p.name for p in _class_folders(base)]
-    if not classes:
-        raise DataError(f"{base}: no class sub-folders found (expected {base}/<class>/<image>)")
-    train = _load_folder(base, classes, src)
-    val = _load_folder(root / "val", classes, src) if "val" in own else None
-    test = _load_folder(root / "test", classes, src) if "test" in own else None
-    return train.x, train.y, val, test, classes
-
-
-def _keras(src: S.KerasSource, task: str):
-    import keras
-
-    module = getattr(keras.datasets, src.name)
-    try:
-        (x, y), (xt, yt) = module.load_data()
-    except Exception as err:
-        raise DataError(f"data.source: could not load keras dataset {src.name!r} ({err})") from None
-    return _images(x, src.name), _labels(y, src.name), None, Split(_images(xt, src.name), _labels(yt, src.name)), None
-
-
-_SPLIT_NAMES = ("train", "val", "test")
-
-
-def _csv(src: S.CsvSource, task: str):
+# ----------------------------------------------------------------------------- csv
+@SOURCES.register("csv")
+class CsvSource(Source):
     """Rows of (image path, label or targets[, cost][, split]); see :class:`S.CsvSource`."""
-    import csv
 
-    path = Path(src.path)
-    if not path.is_file():
-        raise DataError(f"data.source.path: CSV file not found: {path}")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = list(reader.fieldnames or [])
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"{path}: cannot read CSV file ({err})") from None
-    label_columns = [src.label_column] if isinstance(src.label_column, str) else list(src.label_column)
-    if task != "regression" and len(label_columns) != 1:
-        raise DataError(f"{path}: data.source.label_column: classification takes one label column "
-                        f"(got {label_columns})")
-    wanted = [("image_column", src.image_column)] + [("label_column", c) for c in label_columns]
-    wanted += [(k, getattr(src, k)) for k in ("weight_column", "split_column") if getattr(src, k)]
-    for key, column in wanted:
-        if column not in columns:
-            raise DataError(f"{path}: data.source.{key}: no column {column!r} "
-                            f"(columns: {', '.join(columns) or 'none'})")
-    if not rows:
-        raise DataError(f"{path}: the CSV file has a header but no rows")
+    type = "csv"
 
-    def cell(i: int, column: str) -> str:
-        value = (rows[i].get(column) or "").strip()
-        if not value:
-            raise DataError(f"{path}: line {i + 2}: empty {column!r}")
-        return value
+    @property
+    def label_columns(self) -> list[str]:
+        column = self.cfg.label_column
+        return [column] if isinstance(column, str) else list(column)
 
-    def number(i: int, column: str) -> float:
+    def _rows(self) -> tuple[Path, list[dict[str, Any]]]:
+        """(path, rows) with every configured column checked to exist."""
+        src, path = self.cfg, Path(self.cfg.path)
+        if not path.is_file():
+            raise DataError(f"data.source.path: CSV file not found: {path}")
         try:
-            return float(cell(i, column))
-        except ValueError:
-            raise DataError(f"{path}: line {i + 2}: {column!r} must be a number "
-                            f"(got {cell(i, column)!r})") from None
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                columns = list(reader.fieldnames or [])
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise DataError(f"{path}: cannot read CSV file ({err})") from None
+        labels = self.label_columns
+        if not self.regression and len(labels) != 1:
+            raise DataError(f"{path}: data.source.label_column: classification takes one label "
+                            f"column (got {labels})")
+        wanted = [("image_column", src.image_column)] + [("label_column", c) for c in labels]
+        wanted += [(k, getattr(src, k)) for k in ("weight_column", "split_column") if getattr(src, k)]
+        for key, column in wanted:
+            if column not in columns:
+                raise DataError(f"{path}: data.source.{key}: no column {column!r} "
+                                f"(columns: {', '.join(columns) or 'none'})")
+        if not rows:
+            raise DataError(f"{path}: the CSV file has a header but no rows")
+        return path, rows
 
-    root = Path(src.root).expanduser() if src.root else path.parent
-    root = root if root.is_absolute() else path.parent / root
-    images = []
-    for i in range(len(rows)):
-        file = root / cell(i, src.image_column)
-        if not file.is_file():
-            raise DataError(f"{path}: line {i + 2}: image file not found: {file}")
-        images.append(_load_image(file, src))
-    x = np.stack(images)
-    names = None
-    if task == "regression":
-        y = np.asarray([[number(i, c) for c in label_columns] for i in range(len(rows))], "float32")
-        y, names = _targets(y, f"{path}: {', '.join(label_columns)}"), label_columns
-    else:
-        raw = [cell(i, label_columns[0]) for i in range(len(rows))]
+    def read(self) -> SourceData:
+        src = self.cfg
+        path, rows = self._rows()
+        table = _Cells(path, rows)
+        root = Path(src.root).expanduser() if src.root else path.parent
+        root = root if root.is_absolute() else path.parent / root
+        files = []
+        for i in range(len(rows)):
+            file = root / table.cell(i, src.image_column)
+            if not file.is_file():
+                raise DataError(f"{path}: line {i + 2}: image file not found: {file}")
+            files.append(str(file))
+        y, names = self._targets(table) if self.regression else self._labels(table)
+        w = None
+        if src.weight_column:
+            w = _check_costs(np.asarray([table.number(i, src.weight_column) for i in range(len(rows))]),
+                             f"{path}: {src.weight_column!r}")
+        part = self._split_column(table) if src.split_column else None
+        whole, skipped = _file_split(src, files, y, w, "images")
+        if part is not None:
+            part = part[np.isin(np.asarray(files, dtype=object), whole.files)]
+        if not src.split_column:
+            return SourceData(whole, names=names, skipped=skipped)
+        data = self._split_by_column(path, part, whole, names)
+        data.skipped = skipped
+        return data
+
+    def _targets(self, table: _Cells) -> tuple[np.ndarray, list[str]]:
+        columns = self.label_columns
+        y = np.asarray([[table.number(i, c) for c in columns] for i in range(len(table))], "float32")
+        return _targets(y, f"{table.path}: {', '.join(columns)}"), columns
+
+    def _labels(self, table: _Cells) -> tuple[np.ndarray, list[str] | None]:
+        raw = [table.cell(i, self.label_columns[0]) for i in range(len(table))]
         try:
-            y = np.asarray([int(v) for v in raw], dtype="int64")
+            return np.asarray([int(v) for v in raw], dtype="int64"), None
         except ValueError:  # class names: sorted, like the directory source's folders
             names = sorted(set(raw))
-            y = np.asarray([names.index(v) for v in raw], dtype="int64")
-    w = None
-    if src.weight_column:
-        w = _check_costs(np.asarray([number(i, src.weight_column) for i in range(len(rows))]),
-                         f"{path}: {src.weight_column!r}")
-    if not src.split_column:
-        return x, y, None, None, names, w
-    part = np.asarray([cell(i, src.split_column).lower() for i in range(len(rows))])
-    bad = np.flatnonzero(~np.isin(part, _SPLIT_NAMES))
-    if len(bad):
-        raise DataError(f"{path}: line {bad[0] + 2}: {src.split_column!r} must be train, val or test "
-                        f"(got {str(part[bad[0]])!r})")
-    whole = Split(x, y, w)
-    splits = {name: whole.take(np.flatnonzero(part == name)) for name in _SPLIT_NAMES}
-    if len(splits["train"]) == 0:
-        raise DataError(f"{path}: no row has {src.split_column!r} = train")
-    main = splits["train"]
-    val, test = (splits[n] if len(splits[n]) else None for n in ("val", "test"))
-    return main.x, main.y, val, test, names, main.w
+            return np.asarray([names.index(v) for v in raw], dtype="int64"), names
 
-
-_SOURCES = {"digits": _digits, "npz": _npz, "directory": _directory, "keras": _keras, "csv": _csv}
-
-
-# ----------------------------------------------------------------------------- split
-def stratified_split(y: np.ndarray, fraction: float, seed: int,
-                     stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out) with ``fraction`` of each class held out
-    (``stratify=False``: of the whole set, for regression targets)."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    if fraction <= 0:
-        return idx, idx[:0]
-    if not stratify:
-        if len(y) < 2:
-            raise DataError(f"data: {len(y)} sample cannot be split (data.split)")
-        keep, held = train_test_split(idx, test_size=fraction, random_state=seed)
-        return np.sort(keep), np.sort(held)
-    counts = np.bincount(y)
-    present = counts[counts > 0]
-    n_held = int(np.ceil(fraction * len(y)))
-    # Stratify when every class can give a sample to both sides; tiny sets fall back to random.
-    ok = present.min() >= 2 and len(present) <= n_held <= len(y) - len(present)
-    stratify = y if ok else None
-    keep, held = train_test_split(idx, test_size=fraction, stratify=stratify, random_state=seed)
-    return np.sort(keep), np.sort(held)
-
-
-def long_tail_counts(counts: np.ndarray, lt: S.LongTail) -> np.ndarray:
-    """Per-class target counts of a long-tailed split, capped by what each class has.
-
-    ``exp``: n_c = n_max · ratio^(−c/(C−1)); ``step``: the last ⌊C/2⌋ classes get
-    n_max / ratio, the others n_max. Rounded, and at least 1 for a class that has samples.
-    """
-    counts = np.asarray(counts, dtype=np.int64)
-    c = len(counts)
-    n_max = int(counts.max(initial=0))
-    if lt.profile == "exp":
-        target = n_max * float(lt.ratio) ** (-np.arange(c) / max(c - 1, 1))
-    else:
-        target = np.where(np.arange(c) >= c - c // 2, n_max / float(lt.ratio), float(n_max))
-    target = np.maximum(np.rint(target).astype(np.int64), 1)
-    return np.minimum(counts, target)
-
-
-def long_tail_indices(y: np.ndarray, num_classes: int, lt: S.LongTail) -> np.ndarray:
-    """Sorted indices of a long-tailed subset of ``y`` (class 0 is the head); seeded by ``lt.seed``."""
-    counts = np.bincount(y, minlength=num_classes)
-    keep = long_tail_counts(counts, lt)
-    rng = np.random.default_rng(lt.seed)
-    chosen = [rng.choice(np.flatnonzero(y == c), size=int(keep[c]), replace=False)
-              for c in range(num_classes) if keep[c] > 0]
-    return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, np.int64)
-
-
-def select_classes(split: Split, classes: list[int], num_classes: int) -> Split:
-    """Keep the samples of ``classes`` and relabel them 0..k-1 in that order."""
-    missing = [c for c in classes if c >= num_classes]
-    if missing:
-        raise DataError(f"data.classes: class {missing[0]} does not exist (labels 0..{num_classes - 1})")
-    if len(set(classes)) != len(classes):
-        raise DataError(f"data.classes: repeated class in {classes}")
-    lookup = np.full(num_classes, -1, dtype=np.int64)
-    lookup[np.asarray(classes)] = np.arange(len(classes))
-    keep = np.flatnonzero(lookup[split.y] >= 0)
-    out = split.take(keep)
-    out.y = lookup[out.y]
-    return out
-
-
-def first_per_class(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of at most ``n`` randomly chosen samples of each class (sorted)."""
-    rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(y == c))[:n] for c in np.unique(y)]
-    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
-
-
-def load_dataset(data: S.Data) -> Dataset:
-    """Load the recipe's source and split it.
-
-    A source without its own test split loses ``split.test`` of each class to
-    the test set (``random_state=split.seed``; for digits with the defaults this
-    is scikit-learn's usual 25% stratified split with ``random_state=0``); val is
-    then split off the rest the same way. ``data.long_tail`` then subsamples the
-    training split only. Per-sample weights (npz ``w``/``cost``) follow their samples.
-    """
-    x, y, val, test, names, *weights = _SOURCES[data.source.type](data.source, data.task)
-    if data.task == "regression":
-        return _regression_dataset(data, Split(x, y, weights[0] if weights else None), val, test, names)
-    given = [("train", y)] + [(n, s.y) for n, s in (("val", val), ("test", test)) if s is not None]
-    num_classes = data.num_classes or int(max(labels.max(initial=-1) for _, labels in given) + 1)
-    for split_name, labels in given:
-        bad = labels[(labels < 0) | (labels >= num_classes)]
+    def _split_column(self, table: _Cells) -> np.ndarray:
+        column = self.cfg.split_column
+        part = np.asarray([table.cell(i, column).lower() for i in range(len(table))])
+        bad = np.flatnonzero(~np.isin(part, _SPLIT_NAMES))
         if len(bad):
-            raise DataError(
-                f"data: {split_name} label {bad[0]} is outside 0..{num_classes - 1} "
-                f"(data.num_classes = {num_classes})"
-            )
-    train, val, test = _split_missing(Split(x, y, weights[0] if weights else None), val, test,
-                                      data.split, stratify=True)
-    if data.long_tail is not None:
-        train = train.take(long_tail_indices(train.y, num_classes, data.long_tail))
-    if data.classes is not None:
-        names = [(names[c] if names and c < len(names) else str(c)) for c in data.classes]
-        train, val, test = (select_classes(s, data.classes, num_classes) for s in (train, val, test))
-        num_classes = len(data.classes)
-    if data.samples_per_class is not None:
-        train = train.take(first_per_class(train.y, data.samples_per_class, data.split.seed))
-    _check_splits(train, val, test)
-    if names is None or len(names) != num_classes:
-        names = [str(c) for c in range(num_classes)]
-    return Dataset(train, val, test, num_classes, names)
+            raise DataError(f"{table.path}: line {bad[0] + 2}: {column!r} must be train, val or "
+                            f"test (got {str(part[bad[0]])!r})")
+        return part
+
+    def _split_by_column(self, path: Path, part: np.ndarray, whole: FileSplit,
+                         names) -> SourceData:
+        column = self.cfg.split_column
+        splits = {name: whole.take(np.flatnonzero(part == name)) for name in _SPLIT_NAMES}
+        if len(splits["train"]) == 0:
+            raise DataError(f"{path}: no row has {column!r} = train")
+        val, test = (splits[n] if len(splits[n]) else None for n in ("val", "test"))
+        return SourceData(splits["train"], val, test, names)
+
+    def shape(self, need_outputs: bool = True):
+        shape = _file_image_shape(self.cfg)
+        if self.regression or not need_outputs:
+            return shape, len(self.label_columns)
+        path, rows = self._rows()
+        values = [(row.get(self.label_columns[0]) or "").strip() for row in rows]
+        try:
+            return shape, max(int(v) for v in values) + 1
+        except ValueError:
+            return shape, len(set(values))
 
 
-def _regression_dataset(data: S.Data, train: Split, val: Split | None, test: Split | None,
-                        names: list[str] | None) -> Dataset:
-    """A regression data set: random (unstratified) splits of float targets (N, k)."""
-    k = train.y.shape[1]
-    for split_name, split in (("val", val), ("test", test)):
-        if split is not None and split.y.shape[1] != k:
-            raise DataError(f"data: {split_name} has {split.y.shape[1]} targets per sample, train {k}")
-    train, val, test = _split_missing(train, val, test, data.split, stratify=False)
-    _check_splits(train, val, test)
-    if names is None or len(names) != k:
-        names = ["target"] if k == 1 else [f"target_{i}" for i in range(k)]
-    return Dataset(train, val, test, k, names, task="regression")
+class _Cells:
+    """Checked access to a CSV's cells, with errors that name the file, line and column."""
+
+    def __init__(self, path: Path, rows: list[dict[str, Any]]):
+        self.path, self.rows = path, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def cell(self, i: int, column: str) -> str:
+        value = (self.rows[i].get(column) or "").strip()
+        if not value:
+            raise DataError(f"{self.path}: line {i + 2}: empty {column!r}")
+        return value
+
+    def number(self, i: int, column: str) -> float:
+        try:
+            return float(self.cell(i, column))
+        except ValueError:
+            raise DataError(f"{self.path}: line {i + 2}: {column!r} must be a number "
+                            f"(got {self.cell(i, column)!r})") from None
 
 
-def _split_missing(train: Split, val: Split | None, test: Split | None, cfg: S.Split,
-                   stratify: bool) -> tuple[Split, Split, Split]:
-    """Split off the test part, then val, where the source did not give them."""
-    if test is None:
-        keep, held = stratified_split(train.y, cfg.test, cfg.seed, stratify=stratify)
-        train, test = train.take(keep), train.take(held)
-    if val is None:
-        keep, held = stratified_split(train.y, cfg.val, cfg.seed, stratify=stratify)
-        train, val = train.take(keep), train.take(held)
-    return train, val, test
+# ----------------------------------------------------------------------------- keras.datasets
+# Image shape and classes of the keras.datasets sources, known without downloading.
+KERAS_DATASETS = {
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+}
 
 
-def _check_splits(train: Split, val: Split, test: Split) -> None:
-    for split_name, split in (("val", val), ("test", test)):
-        if split.x.shape[1:] != train.x.shape[1:]:
-            raise DataError(
-                f"data: {split_name} images have shape {split.x.shape[1:]}, train {train.x.shape[1:]}"
-            )
-    if len(train) == 0:
-        raise DataError("data: the training split is empty")
+@SOURCES.register("keras")
+class KerasDatasetSource(Source):
+    """A ``keras.datasets`` data set (downloaded by Keras on first use)."""
+
+    type = "keras"
+
+    def read(self) -> SourceData:
+        import keras
+
+        name = self.cfg.name
+        module = getattr(keras.datasets, name)
+        try:
+            (x, y), (xt, yt) = module.load_data()
+        except Exception as err:
+            raise DataError(f"data.source: could not load keras dataset {name!r} ({err})") from None
+        return SourceData(Split(_images(x, name), _labels(y, name)),
+                          test=Split(_images(xt, name), _labels(yt, name)))
+
+    def shape(self, need_outputs: bool = True):
+        return KERAS_DATASETS[self.cfg.name]

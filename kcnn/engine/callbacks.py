@@ -10,9 +10,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from kcnn.engine.finetune import current_lr
-from kcnn.engine.rundir import RunDir
-from kcnn.io import atomic_path, write_text
+from kcnn.engine.optim import current_lr
+from kcnn.engine.rundir import STATE_VERSION, RunDir
+from kcnn.io import atomic_path, write_json, write_text
 
 
 def _scalar(value: Any) -> float:
@@ -52,6 +52,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.nan_at: tuple[int, int] | None = None
         self.early_stopped_at: int | None = None
         self._epoch = 0
+
+    def use_feeder(self, feeder) -> None:
+        """The feeder of the next ``fit`` (see :func:`kcnn.engine.fit.fit_epochs`)."""
+        self.feeder = feeder
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -94,22 +98,52 @@ class RunCheckpoint(keras.callbacks.Callback):
         ckpt = f"epoch-{epoch + 1:04d}.weights.h5"
         with atomic_path(self.run.checkpoints / ckpt, suffix=".weights.h5") as tmp:
             self.model.save_weights(tmp)
-        self.run.write_state({
+        state = {
             "epoch": epoch + 1,
             "checkpoint": ckpt,
             "best": self.best,
             "best_epoch": self.best_epoch,
             "monitor": self.monitor,
             "sampler": self.feeder.states.get(epoch, {}),
+            "rng": rng_state(self.model),
             "history": self.history,
-        })
-        self.run.prune_checkpoints(keep=ckpt)
+        }
+        write_json(self.run.epoch_state_file(epoch + 1), {"version": STATE_VERSION, **state})
+        self.run.write_state(state)  # the commit point
+        self.run.prune_checkpoints(keep_last=2)
         write_history_csv(self.run, self.history)
 
         if self.patience is not None and self.best_epoch is not None:
             if epoch - self.best_epoch >= self.patience:
                 self.early_stopped_at = epoch
                 self.model.stop_training = True
+
+
+def seed_variables(model) -> list[Any]:
+    """The state variables of every ``keras.random.SeedGenerator`` in ``model`` (Dropout,
+    StochasticPooling2D, noise layers, …), in the model's variable order.
+
+    ``save_weights`` leaves them out, so a resumed run would draw different dropout
+    masks from the uninterrupted one; the checkpoint's state.json carries them instead.
+    """
+    return [v for v in model.variables if v.path.split("/")[-1] == "seed_generator_state"]
+
+
+def rng_state(model) -> list[list[int]]:
+    return [np.asarray(keras.ops.convert_to_numpy(v)).astype(np.int64).tolist()
+            for v in seed_variables(model)]
+
+
+def restore_rng_state(model, state: list[list[int]] | None) -> None:
+    """Put saved SeedGenerator states back (a checkpoint from before they were saved has none)."""
+    if not state:
+        return
+    variables = seed_variables(model)
+    if len(variables) != len(state):
+        raise RuntimeError(f"checkpoint has {len(state)} random-generator states but the model "
+                           f"has {len(variables)}")
+    for var, value in zip(variables, state):
+        var.assign(np.asarray(value, dtype=keras.backend.standardize_dtype(var.dtype)))
 
 
 def write_history_csv(run: RunDir, history: list[dict[str, Any]]) -> None:

@@ -45,9 +45,10 @@ def prepare_cotraining(recipe, data, model, target_loss):
     import keras
     import tensorflow as tf
 
+    from kcnn.data.dataset import Split
     from kcnn.data.pipeline import AUTOTUNE, eval_dataset, train_dataset
-    from kcnn.data.sources import Split, load_dataset
-    from kcnn.engine.train import Setup
+    from kcnn.data.sources import load_dataset
+    from kcnn.engine.setup import Setup
     from kcnn.losses.basic import CrossEntropy
     from kcnn.recipes.schema import Data
 
@@ -56,16 +57,18 @@ def prepare_cotraining(recipe, data, model, target_loss):
         raise KcnnError("finetune.co_training needs model.init: the pretrained model embeds the data")
     source = load_dataset(Data(source=co.source, classes=co.classes, preprocess=recipe.data.preprocess))
     pool = source.train
-    if pool.x.shape[1:] != data.train.x.shape[1:]:
-        raise KcnnError(f"finetune.co_training.source: images {pool.x.shape[1:]} differ from the "
-                        f"target's {data.train.x.shape[1:]}")
-    neighbours = nearest_source(embed(model, co.layer, data.train.x),
-                                embed(model, co.layer, pool.x), co.neighbours)
+    if pool.image_shape != data.train.image_shape:
+        raise KcnnError(f"finetune.co_training.source: images {pool.image_shape} differ from the "
+                        f"target's {data.train.image_shape}")
+    # Co-training is for small target sets: the images are held in memory.
+    target_x, pool_x = data.train.images(), pool.images()
+    neighbours = nearest_source(embed(model, co.layer, target_x),
+                                embed(model, co.layer, pool_x), co.neighbours)
     chosen = np.unique(neighbours.ravel())
     k_t, k_s = data.num_classes, source.num_classes
 
     # One label code per sample: target labels as they are, source labels shifted by k_t.
-    combined = Split(np.concatenate([data.train.x, pool.x[chosen].astype(data.train.x.dtype)]),
+    combined = Split(np.concatenate([target_x, pool_x[chosen].astype(target_x.dtype)]),
                      np.concatenate([data.train.y, pool.y[chosen] + k_t]))
 
     features = model.layers[-1].input

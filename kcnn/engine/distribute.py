@@ -13,9 +13,10 @@ import json
 import os
 from typing import Any
 
+from kcnn.choices import Strategy, values
 from kcnn.errors import KcnnError
 
-STRATEGIES = ("none", "mirrored", "multi_worker", "tpu")
+STRATEGIES = values(Strategy)
 
 
 def read_tf_config() -> dict[str, Any]:
@@ -126,9 +127,10 @@ def check_global_batch(batch_size: int, replicas: int) -> int:
     return batch_size // replicas
 
 
-def distributed_train_dataset(strategy, setup, sampler, batch_size: int, begin: int, end: int):
+def distributed_train_dataset(strategy, make_dataset, sampler, batch_size: int, begin: int,
+                              end: int):
     """(DistributedDataset, feeders) for epochs ``begin .. end-1``: every input pipeline
-    feeds its own per-replica chunks of each global batch (``setup.train_dataset``)."""
+    feeds its own per-replica chunks of each global batch (``make_dataset(feeder)``)."""
     import tensorflow as tf
 
     from kcnn.data.pipeline import EpochFeeder
@@ -140,7 +142,7 @@ def distributed_train_dataset(strategy, setup, sampler, batch_size: int, begin: 
         feeder = EpochFeeder(sampler, batch_size, begin, end,
                              shard=(ctx.input_pipeline_id, ctx.num_input_pipelines, replicas))
         feeders.append(feeder)
-        return setup.train_dataset(feeder)
+        return make_dataset(feeder)
 
     return strategy.distribute_datasets_from_function(dataset_fn), feeders
 
@@ -166,3 +168,23 @@ def set_precision(precision: str) -> None:
                 "far slower than float32); use mixed_bfloat16 or float32 here"
             )
     keras.mixed_precision.set_global_policy(precision)
+
+
+def prebuild_for_multi_worker(setup, sampler, batch_size: int, epoch: int) -> None:
+    """Build metrics, loss and optimizer from one local batch before ``fit``.
+
+    Keras' ``fit`` first averages a batch across replicas to build them
+    symbolically (``_maybe_symbolic_build``); under MultiWorkerMirroredStrategy
+    that reduce fails on nested (x, y) batches. Building from a local batch
+    inside the strategy scope, then skipping that step, gives the same state.
+    Like :func:`patch_keras_multi_worker_reduce`, this reaches into Keras
+    internals, so it lives here, beside the other multi-worker workaround.
+    """
+    from kcnn.data.pipeline import EpochFeeder
+
+    model = setup.fit_model
+    local = EpochFeeder(sampler, batch_size, epoch, epoch + 1)
+    batch = next(iter(setup.train_dataset(local)))
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=batch)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None

@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from kcnn.data.sources import Dataset, load_dataset
-from kcnn.engine.rundir import RunDir
-from kcnn.errors import KcnnError, RunDirError
+from kcnn.data.dataset import Dataset, Split
+from kcnn.data.sources import load_dataset
+from kcnn.errors import KcnnError
 from kcnn.io import write_json
-from kcnn.recipes import load as load_recipe
 from kcnn.recipes.schema import Recipe
 
 
@@ -92,12 +91,17 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray, target_names: list[str],
     }
 
 
-def predict_logits(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def predict_logits(model, split, batch_size: int = 256) -> np.ndarray:
+    """The model's outputs on every image of a split (or an image array), in order."""
     from kcnn.data.pipeline import eval_dataset
-    from kcnn.data.sources import Split
 
-    ds = eval_dataset(Split(x, np.zeros(len(x), "int64")), batch_size).map(lambda a, b: a)
-    return np.asarray(model.predict(ds, verbose=0), dtype="float32")
+    if isinstance(split, np.ndarray):
+        split = Split(split, np.zeros(len(split), "int64"))
+    from kcnn.engine.fit import bad_images_as_errors
+
+    ds = eval_dataset(split, batch_size).map(lambda a, b: a)
+    with bad_images_as_errors("while predicting"):
+        return np.asarray(model.predict(ds, verbose=0), dtype="float32")
 
 
 def recipe_loss(recipe: Recipe, data: Dataset):
@@ -134,7 +138,7 @@ def evaluate_keras_model(model, recipe: Recipe, data: Dataset, split: str,
     part = data.split(split)
     if len(part) == 0:
         raise KcnnError(f"the {split} split is empty; choose another with --split")
-    logits = predict_logits(model, part.x, recipe.train.batch_size)
+    logits = predict_logits(model, part, recipe.train.batch_size)
     metrics = {**score_logits(recipe, data, part.y, logits), "split": split,
                "num_samples": int(len(part))}
     return (metrics, (part.y, logits)) if with_outputs else metrics
@@ -161,84 +165,41 @@ def write_metrics(metrics: dict[str, Any], path: Path, plots_dir: Path | None,
                          plots_dir / name, title=title)
 
 
-def load_keras_model(path: Path):
-    """Load a ``.keras`` file with every kcnn layer, loss and schedule registered."""
-    import keras
-
-    import kcnn.engine.optim  # noqa: F401
-    import kcnn.layers  # noqa: F401  (registers custom layers for deserialization)
-    import kcnn.losses.basic  # noqa: F401
-
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:
-        raise KcnnError(f"{path}: cannot load Keras model ({type(err).__name__}: {err})") from None
-
-
 def evaluate(target: str | Path, *, recipe_path: str | Path | None = None, split: str | None = None,
              write: bool = True) -> dict[str, Any]:
-    """Evaluate a run dir or a ``.keras`` file; write metrics.json (and plots) beside it."""
-    target = Path(target)
-    if target.is_dir():
-        run = RunDir.open(target)
-        if not run.model.is_file():
-            raise RunDirError(f"{target}: run has no model.keras yet (did training finish an epoch?)")
-        model_path, out_dir = run.model, run.path
-        recipe = load_recipe(recipe_path) if recipe_path else load_recipe(run.recipe)
-    elif target.suffix == ".keras":
-        if not target.is_file():
-            raise KcnnError(f"{target}: model file not found")
-        run_recipe = target.parent / "recipe.yaml"
-        if recipe_path is None and not run_recipe.is_file():
-            raise KcnnError(f"{target}: --recipe is required to know which data to evaluate on")
-        recipe = load_recipe(recipe_path or run_recipe)
-        model_path, out_dir = target, target.parent
-        run = RunDir(out_dir) if run_recipe.is_file() else None
-    elif target.suffix == ".tflite":
-        return _evaluate_tflite(target, recipe_path, split, write)
-    else:
-        raise KcnnError(f"{target}: expected a run directory, a .keras or a .tflite file")
-    split = split or recipe.evaluate.split
-    data = load_dataset(recipe.data)
-    model = load_keras_model(model_path)
-    metrics, outputs = evaluate_keras_model(model, recipe, data, split, with_outputs=True)
-    metrics["model"] = str(model_path)
-    if write:
-        if run is not None:
-            path, plots = run.metrics_for(split), (run.plots if recipe.evaluate.plots else None)
-        else:
-            path, plots = out_dir / f"{model_path.stem}.metrics_{split}.json", None
-        write_metrics(metrics, path, plots, data.class_names, f"{recipe.name} — {split}", outputs)
-        metrics["written_to"] = str(path)
-    return metrics
+    """Evaluate a run dir, a ``.keras`` or a ``.tflite`` file; write metrics.json (and plots).
 
+    A run's metrics go into the run (``metrics.json``, ``metrics_<split>.json``);
+    a model file's beside it (``<stem>.metrics_<split>.json``).
+    """
+    from kcnn.choices import Split as SplitName
+    from kcnn.choices import values
+    from kcnn.saving import resolve
 
-def _find_run_recipe(path: Path) -> Path | None:
-    """The recipe.yaml of the run a file sits in (``RUN/exports/<mode>/model.tflite``)."""
-    for parent in list(path.parents)[:3]:
-        if (parent / "recipe.yaml").is_file() and (parent / "checkpoints").is_dir():
-            return parent / "recipe.yaml"
-    return None
-
-
-def _evaluate_tflite(target: Path, recipe_path, split: str | None, write: bool) -> dict[str, Any]:
-    from kcnn.export.runtime import TFLiteModel
-
-    if not target.is_file():
-        raise KcnnError(f"{target}: model file not found")
-    recipe_path = recipe_path or _find_run_recipe(target)
-    if recipe_path is None:
-        raise KcnnError(f"{target}: --recipe is required to know which data to evaluate on")
-    recipe = load_recipe(recipe_path)
+    if split is not None and split not in values(SplitName):
+        raise KcnnError(f"--split: must be {', '.join(values(SplitName))} (got {split!r})")
+    ref = resolve(target)
+    recipe = ref.load_recipe(recipe_path, required="to know which data to evaluate on")
     split = split or recipe.evaluate.split
     data = load_dataset(recipe.data)
     part = data.split(split)
-    logits = TFLiteModel(target).predict(part.x, recipe.train.batch_size)
-    metrics = {**score_logits(recipe, data, part.y, logits),
-               "split": split, "num_samples": int(len(part)), "model": str(target)}
+    if len(part) == 0:
+        raise KcnnError(f"the {split} split is empty; choose another with --split")
+    model = ref.load_model()
+    if ref.kind == "tflite":
+        logits = model.predict(part, recipe.train.batch_size)
+    else:
+        logits = predict_logits(model, part, recipe.train.batch_size)
+    metrics = {**score_logits(recipe, data, part.y, logits), "split": split,
+               "num_samples": int(len(part)), "model": str(ref.model_path)}
     if write:
-        path = target.parent / f"{target.stem}.metrics_{split}.json"
-        write_metrics(metrics, path, None, data.class_names, "")
+        run = ref.run
+        if ref.kind == "run" or (ref.kind == "keras" and run and run.path == ref.model_path.parent):
+            path, plots = run.metrics_for(split), (run.plots if recipe.evaluate.plots else None)
+        else:
+            path, plots = ref.out_dir / f"{ref.model_path.stem}.metrics_{split}.json", None
+        write_metrics(metrics, path, plots, data.class_names, f"{recipe.name} — {split}",
+                      (part.y, logits))
         metrics["written_to"] = str(path)
     return metrics
 

@@ -1,4 +1,7 @@
-"""Fine-tuning (book ch. 11): warm starts, freezing, layer-wise learning rates, strategies.
+"""Fine-tuning (book ch. 11): the units of depth, warm starts and freezing.
+
+Warm starts from a trained model, freezing by name, depth or phase. (Per-layer
+learning rates live in :mod:`kcnn.engine.optim`.)
 
 Layers are grouped into *units* in topological order: every layer with a kernel
 (conv, dense, kcnn composite blocks) starts a unit, and weighted layers without a
@@ -42,21 +45,6 @@ def unit_names(model) -> list[list[str]]:
 
 
 # ----------------------------------------------------------------------------- warm start
-def resolve_init_path(path: str | Path) -> Path:
-    """A ``.keras`` file, a run dir, or a folder of runs (the newest finished run is used)."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    if (p / "model.keras").is_file():
-        return p / "model.keras"
-    if p.is_dir():
-        runs = sorted((c for c in p.iterdir() if (c / "model.keras").is_file()),
-                      key=lambda c: c.name)
-        if runs:
-            return runs[-1] / "model.keras"
-    raise KcnnError(f"model.init.from: no model found at {path} (expected a .keras file or a run dir)")
-
-
 @dataclasses.dataclass
 class LoadReport:
     source: str
@@ -77,9 +65,9 @@ def warm_start(model, source_path: str | Path, layers: str = ".*", skip_mismatch
                ) -> LoadReport:
     """Copy weights from ``source_path`` into every layer of ``model`` whose name matches
     ``layers`` (a regex, ``re.fullmatch``) and whose weight shapes agree."""
-    from kcnn.engine.evaluate import load_keras_model
+    from kcnn.saving import load_keras_model, resolve_model_file
 
-    path = resolve_init_path(source_path)
+    path = resolve_model_file(source_path, "model.init.from")
     source = load_keras_model(path)
     by_name = {layer.name: layer for layer in source.layers}
     pattern = re.compile(layers)
@@ -131,81 +119,3 @@ def apply_freeze(model, frozen: list[str]) -> None:
     for unit in units(model):
         for layer in unit:
             layer.trainable = layer.name not in frozen_set
-
-
-# ----------------------------------------------------------------------------- layer-wise lr
-def lr_multipliers(model, patterns: dict[str, float] | None = None,
-                   depth_scaled: tuple[float, float] | None = None) -> dict[str, float]:
-    """Variable path → lr multiplier. ``depth_scaled`` interpolates linearly from the
-    shallowest unit (first value) to the deepest (second); regex multipliers apply on top."""
-    groups = units(model)
-    result: dict[str, float] = {}
-    for i, unit in enumerate(groups):
-        factor = 1.0
-        if depth_scaled is not None:
-            t = i / max(len(groups) - 1, 1)
-            factor = depth_scaled[0] + t * (depth_scaled[1] - depth_scaled[0])
-        for layer in unit:
-            layer_factor = factor
-            for pattern, value in (patterns or {}).items():
-                if re.fullmatch(pattern, layer.name):
-                    layer_factor *= value
-            for var in layer.trainable_weights:
-                result[var.path] = layer_factor
-    return result
-
-
-def layerwise_optimizer(make_optimizer, multipliers: dict[str, float]):
-    """An optimizer that scales the learning rate per variable.
-
-    ``make_optimizer(factor)`` builds the base optimizer with its schedule scaled
-    by ``factor``. Uses Keras' own ``MultiOptimizer`` (one sub-optimizer per
-    distinct factor) when the installed Keras has it, else :class:`ScaledUpdates`.
-    """
-    import keras
-
-    base = make_optimizer(1.0)
-    factors = sorted({f for f in multipliers.values() if f != 1.0})
-    if not factors:
-        return base
-    if hasattr(keras.optimizers, "MultiOptimizer"):
-        subs = {f: make_optimizer(f) for f in factors}
-        mapping = keras.optimizers.OptimizerMap(base)
-        for path, f in multipliers.items():
-            if f != 1.0:
-                mapping[path] = subs[f]
-        return keras.optimizers.MultiOptimizer(mapping)
-    return scaled_updates(base, multipliers)
-
-
-def scaled_updates(optimizer, multipliers: dict[str, float]):
-    """Fallback for Keras without MultiOptimizer: the same optimizer class, whose
-    per-variable update uses ``learning_rate × multiplier[variable.path]``."""
-    base_cls = type(optimizer)
-
-    class ScaledUpdates(base_cls):
-        def build(self, var_list):
-            # update_step may receive the backend's variable (no .path): key by _var_key.
-            self._lr_factors = {self._var_key(v): multipliers.get(v.path, 1.0) for v in var_list}
-            super().build(var_list)
-
-        def update_step(self, gradient, variable, learning_rate):
-            factor = self._lr_factors.get(self._var_key(variable), 1.0)
-            return super().update_step(gradient, variable, learning_rate * factor)
-
-    ScaledUpdates.__name__ = f"Layerwise{base_cls.__name__}"
-    scaled = ScaledUpdates.from_config(optimizer.get_config())
-    if getattr(optimizer, "_exclude_from_weight_decay_names", None):
-        scaled.exclude_from_weight_decay(var_names=list(optimizer._exclude_from_weight_decay_names))
-    return scaled
-
-
-def current_lr(optimizer) -> float:
-    """The (base) learning rate now; a MultiOptimizer reports its default optimizer's."""
-    import keras
-    import numpy as np
-
-    inner = getattr(optimizer, "_optimizer_map", None)
-    if inner is not None and hasattr(inner, "default_optimizer"):
-        optimizer = inner.default_optimizer
-    return float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))

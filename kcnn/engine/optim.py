@@ -1,101 +1,23 @@
-"""Optimizers and learning-rate schedules from a recipe's ``train`` section.
+"""Optimizers from a recipe's ``train`` section, with per-layer learning rates.
 
-Schedules are Keras ``LearningRateSchedule`` objects driven by the optimizer's
-step counter, so they are saved with the optimizer in every checkpoint and a
-resumed run continues at the same position.
+The learning rate follows a schedule from :mod:`kcnn.engine.schedules`.
+Fine-tuning recipes scale it per layer (``lr_multipliers``, ``depth_scaled``),
+with "depth" counted in the units of :func:`kcnn.engine.finetune.units`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import keras
-from keras import ops
 
+from kcnn.engine.finetune import units
+from kcnn.engine.schedules import make_schedule
 from kcnn.recipes import schema as S
 from kcnn.registry import Registry
 
 OPTIMIZERS: Registry[Any] = Registry("optimizer")
-SCHEDULES: Registry[Any] = Registry("schedule")
-
-
-@keras.saving.register_keras_serializable(package="kcnn")
-class Warmup(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to ``after(0)`` over ``warmup_steps``, then ``after(step - warmup_steps)``."""
-
-    def __init__(self, after, warmup_steps: int):
-        self.after = after
-        self.warmup_steps = int(warmup_steps)
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        warm = float(max(self.warmup_steps, 1))
-        main = self.after(ops.maximum(step - self.warmup_steps, 0.0))
-        ramp = self.after(0.0) * ops.minimum((step + 1.0) / warm, 1.0)
-        return ops.where(step < self.warmup_steps, ramp, main)
-
-    def get_config(self):
-        return {
-            "after": keras.saving.serialize_keras_object(self.after),
-            "warmup_steps": self.warmup_steps,
-        }
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config["after"] = keras.saving.deserialize_keras_object(config["after"])
-        return cls(**config)
-
-
-@keras.saving.register_keras_serializable(package="kcnn")
-class Constant(keras.optimizers.schedules.LearningRateSchedule):
-    def __init__(self, lr: float):
-        self.lr = float(lr)
-
-    def __call__(self, step):
-        return ops.cast(self.lr, "float32") + 0.0 * ops.cast(step, "float32")
-
-    def get_config(self):
-        return {"lr": self.lr}
-
-
-@SCHEDULES.register("constant")
-def _constant(cfg: S.ConstantSchedule, lr: float, steps_per_epoch: int, total_steps: int):
-    return Constant(lr)
-
-
-@SCHEDULES.register("step")
-def _step(cfg: S.StepSchedule, lr: float, steps_per_epoch: int, total_steps: int):
-    # Boundaries count from the start of training; the schedule's clock starts after warm-up.
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    boundaries = [max(int(round(b * steps_per_epoch)) - warmup, 0) for b in cfg.boundaries]
-    values = [lr * cfg.factor**i for i in range(len(boundaries) + 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-
-
-@SCHEDULES.register("exponential")
-def _exponential(cfg: S.ExponentialSchedule, lr: float, steps_per_epoch: int, total_steps: int):
-    return keras.optimizers.schedules.ExponentialDecay(
-        lr, decay_steps=max(1, int(round(cfg.decay_epochs * steps_per_epoch))),
-        decay_rate=cfg.decay_rate,
-    )
-
-
-@SCHEDULES.register("cosine")
-def _cosine(cfg: S.CosineSchedule, lr: float, steps_per_epoch: int, total_steps: int):
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    return keras.optimizers.schedules.CosineDecay(
-        lr, decay_steps=max(1, total_steps - warmup), alpha=cfg.alpha
-    )
-
-
-def make_schedule(train: S.Train, steps_per_epoch: int, scale: float = 1.0):
-    """The learning rate (× ``scale``) as a function of the optimizer step, warm-up included."""
-    cfg = train.schedule
-    total = train.epochs * steps_per_epoch
-    schedule = SCHEDULES.get(cfg.type)(cfg, train.optimizer.lr * scale, steps_per_epoch, total)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    return Warmup(schedule, warmup) if warmup > 0 else schedule
 
 
 def _common(cfg) -> dict[str, Any]:
@@ -148,7 +70,7 @@ NO_DECAY = ["bias", "gamma", "beta", "moving_mean", "moving_variance"]
 
 def make_optimizer(train: S.Train, steps_per_epoch: int, model=None):
     """The recipe's optimizer; with ``lr_multipliers``/``depth_scaled`` and a model,
-    a layer-wise one (see :func:`kcnn.engine.finetune.layerwise_optimizer`)."""
+    a layer-wise one (see :func:`layerwise_optimizer`)."""
     cfg = train.optimizer
 
     def build(scale: float = 1.0):
@@ -159,7 +81,80 @@ def make_optimizer(train: S.Train, steps_per_epoch: int, model=None):
 
     if model is None or not (cfg.lr_multipliers or cfg.depth_scaled):
         return build()
-    from kcnn.engine.finetune import layerwise_optimizer, lr_multipliers
-
     depth = (cfg.depth_scaled.shallow, cfg.depth_scaled.deep) if cfg.depth_scaled else None
     return layerwise_optimizer(build, lr_multipliers(model, cfg.lr_multipliers, depth))
+
+
+# ----------------------------------------------------------------------------- layer-wise lr
+def lr_multipliers(model, patterns: dict[str, float] | None = None,
+                   depth_scaled: tuple[float, float] | None = None) -> dict[str, float]:
+    """Variable path → lr multiplier. ``depth_scaled`` interpolates linearly from the
+    shallowest unit (first value) to the deepest (second); regex multipliers apply on top."""
+    groups = units(model)
+    result: dict[str, float] = {}
+    for i, unit in enumerate(groups):
+        factor = 1.0
+        if depth_scaled is not None:
+            t = i / max(len(groups) - 1, 1)
+            factor = depth_scaled[0] + t * (depth_scaled[1] - depth_scaled[0])
+        for layer in unit:
+            layer_factor = factor
+            for pattern, value in (patterns or {}).items():
+                if re.fullmatch(pattern, layer.name):
+                    layer_factor *= value
+            for var in layer.trainable_weights:
+                result[var.path] = layer_factor
+    return result
+
+
+def layerwise_optimizer(make_optimizer, multipliers: dict[str, float]):
+    """An optimizer that scales the learning rate per variable.
+
+    ``make_optimizer(factor)`` builds the base optimizer with its schedule scaled
+    by ``factor``. Uses Keras' own ``MultiOptimizer`` (one sub-optimizer per
+    distinct factor) when the installed Keras has it, else :class:`ScaledUpdates`.
+    """
+    base = make_optimizer(1.0)
+    factors = sorted({f for f in multipliers.values() if f != 1.0})
+    if not factors:
+        return base
+    if hasattr(keras.optimizers, "MultiOptimizer"):
+        subs = {f: make_optimizer(f) for f in factors}
+        mapping = keras.optimizers.OptimizerMap(base)
+        for path, f in multipliers.items():
+            if f != 1.0:
+                mapping[path] = subs[f]
+        return keras.optimizers.MultiOptimizer(mapping)
+    return scaled_updates(base, multipliers)
+
+
+def scaled_updates(optimizer, multipliers: dict[str, float]):
+    """Fallback for Keras without MultiOptimizer: the same optimizer class, whose
+    per-variable update uses ``learning_rate × multiplier[variable.path]``."""
+    base_cls = type(optimizer)
+
+    class ScaledUpdates(base_cls):
+        def build(self, var_list):
+            # update_step may receive the backend's variable (no .path): key by _var_key.
+            self._lr_factors = {self._var_key(v): multipliers.get(v.path, 1.0) for v in var_list}
+            super().build(var_list)
+
+        def update_step(self, gradient, variable, learning_rate):
+            factor = self._lr_factors.get(self._var_key(variable), 1.0)
+            return super().update_step(gradient, variable, learning_rate * factor)
+
+    ScaledUpdates.__name__ = f"Layerwise{base_cls.__name__}"
+    scaled = ScaledUpdates.from_config(optimizer.get_config())
+    if getattr(optimizer, "_exclude_from_weight_decay_names", None):
+        scaled.exclude_from_weight_decay(var_names=list(optimizer._exclude_from_weight_decay_names))
+    return scaled
+
+
+def current_lr(optimizer) -> float:
+    """The (base) learning rate now; a MultiOptimizer reports its default optimizer's."""
+    import numpy as np
+
+    inner = getattr(optimizer, "_optimizer_map", None)
+    if inner is not None and hasattr(inner, "default_optimizer"):
+        optimizer = inner.default_optimizer
+    return float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))

@@ -14,7 +14,9 @@ runs/<name>/<timestamp>/
 
 ``checkpoints/state.json`` is the commit point of an epoch: it is written
 (atomically) only after the weights it names are complete, so a run killed at
-any moment resumes from the last state it names.
+any moment resumes from the last state it names. The two most recent epochs
+are kept (``epoch-NNNN.weights.h5`` with its own ``epoch-NNNN.state.json``): a
+damaged latest checkpoint makes ``--resume`` fall back to the one before.
 """
 
 from __future__ import annotations
@@ -103,7 +105,69 @@ class RunDir:
             if f.is_file():
                 f.unlink(missing_ok=True)
 
-    def prune_checkpoints(self, keep: str | None) -> None:
-        for f in self.checkpoints.glob("epoch-*.weights.h5"):
-            if f.name != keep:
+    def epoch_state_file(self, epoch: int) -> Path:
+        """The state saved with the checkpoint of ``epoch`` (1-based: epochs done)."""
+        return self.checkpoints / f"epoch-{epoch:04d}.state.json"
+
+    def prune_checkpoints(self, keep_last: int = 2) -> None:
+        """Delete all but the ``keep_last`` most recent epochs' weights and states."""
+        epochs = sorted({int(f.name[6:10]) for f in self.checkpoints.glob("epoch-*.*")
+                         if f.name[6:10].isdigit()})
+        for epoch in epochs[:-keep_last] if keep_last else epochs:
+            for f in self.checkpoints.glob(f"epoch-{epoch:04d}.*"):
                 f.unlink(missing_ok=True)
+
+    def resume_state(self) -> tuple[dict[str, Any], str | None]:
+        """The newest state whose checkpoint is intact, and a note when that is not the
+        latest (``state.json`` or its weights damaged): ``(state, note or None)``."""
+        candidates: list[tuple[str, Any]] = [("state.json", self.state_file)]
+        candidates += [(f.name, f) for f in sorted(self.checkpoints.glob("epoch-*.state.json"),
+                                                   reverse=True)]
+        problems = []
+        for name, path in candidates:
+            state, why = self._usable_state(path)
+            if state is not None:
+                note = None
+                if problems:
+                    note = (f"{self.path}: {'; '.join(problems)}; resuming from the previous "
+                            f"checkpoint (epoch {state.get('epoch', 0)})")
+                return state, note
+            if why:
+                problems.append(f"{name}: {why}")
+        if not self.state_file.is_file():
+            raise RunDirError(f"{self.path}: not a resumable kcnn run (no checkpoints/state.json)")
+        raise RunDirError(f"{self.path}: no usable checkpoint ({'; '.join(problems)})")
+
+    def _usable_state(self, path: Path) -> tuple[dict[str, Any] | None, str | None]:
+        if not path.is_file():
+            return None, None
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            return None, f"unreadable ({type(err).__name__})"
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            return None, "unsupported checkpoint state"
+        ckpt = state.get("checkpoint")
+        if ckpt:
+            why = weights_problem(self.checkpoints / ckpt)
+            if why:
+                return None, f"{ckpt} {why}"
+        return state, None
+
+
+def weights_problem(path: Path) -> str | None:
+    """None when ``path`` is a readable Keras weights file, else what is wrong with it."""
+    if not path.is_file():
+        return "is missing"
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            def read(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    obj[()]
+
+            f.visititems(read)
+    except Exception as err:  # noqa: BLE001 - any failure to read means damaged
+        return f"is damaged ({type(err).__name__})"
+    return None

@@ -1,86 +1,39 @@
-"""Recipe → data, model, optimizer, callbacks → ``model.fit`` → run directory."""
+"""``kcnn train``: recipe → run directory, as a short list of named steps.
+
+```
+start     seeds, dtype policy, distribution strategy, the data        (nothing written)
+prepare   model, loss, training mode, sampler, freeze phases          (kcnn.engine.prepare)
+open      a new run dir (recipe.yaml, preprocess.json, finetune.json), or the resumed one
+fit       every unfinished freeze phase through keras fit             (kcnn.engine.fit)
+finalize  best model → post-hoc τ tuning → evaluation → metrics.json, plots
+```
+
+Everything that can fail on bad input is checked before the run directory is
+created, so a failed start leaves nothing behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from kcnn import __version__
-from kcnn.errors import KcnnError, TrainingError
+from kcnn.engine.fit import fit_phases, frozen_comment, restore_checkpoint, training_phases
+from kcnn.engine.prepare import Plan, build_model, prepare, setup_determinism, versions
+from kcnn.engine.rundir import RunDir
+from kcnn.errors import DataError, Interrupted, TrainingError
 from kcnn.io import write_json, write_text
 from kcnn.recipes import dump, load, loads
 from kcnn.recipes.schema import Recipe
 
-
-def setup_determinism(seed: int, deterministic: bool) -> None:
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    if deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-
-
-def preprocessing_layers(recipe: Recipe, x_train: np.ndarray) -> tuple[list[Any], dict[str, Any]]:
-    """Rescaling and per-channel standardization layers, statistics from the training split."""
-    import keras
-
-    layers: list[Any] = []
-    stats: dict[str, Any] = {"rescale": recipe.data.preprocess.rescale}
-    scale = recipe.data.preprocess.rescale
-    if scale:
-        layers.append(keras.layers.Rescaling(scale, name="rescale"))
-    if recipe.data.preprocess.standardize:
-        x = x_train.astype("float64") * (scale or 1.0)
-        axes = tuple(range(x.ndim - 1))
-        mean, var = x.mean(axis=axes), x.var(axis=axes)
-        var = np.maximum(var, 1e-12)
-        stats.update(mean=mean.tolist(), std=np.sqrt(var).tolist())
-        layers.append(keras.layers.Normalization(mean=mean.tolist(), variance=var.tolist(),
-                                                 name="standardize"))
-    return layers, stats
-
-
-def build_model(recipe: Recipe, data) -> tuple[Any, dict[str, Any]]:
-    from kcnn.models import create_model
-
-    pre, stats = preprocessing_layers(recipe, data.train.x)
-    kwargs = recipe.model.kwargs
-    kwargs.setdefault("num_classes", data.num_classes)
-    kwargs.setdefault("input_shape", data.input_shape)
-    if tuple(kwargs["input_shape"]) != tuple(data.input_shape):
-        raise KcnnError(
-            f"model.input_shape {tuple(kwargs['input_shape'])} does not match the data's "
-            f"{tuple(data.input_shape)}"
-        )
-    if kwargs["num_classes"] != data.num_classes:
-        raise KcnnError(
-            f"model.num_classes {kwargs['num_classes']} does not match the data's {data.num_classes}"
-        )
-    try:
-        model = create_model(recipe.model.name, preprocessing=pre, **kwargs)
-    except (TypeError, ValueError) as err:  # a builder or Keras layer refusing a model option
-        raise KcnnError(f"model {recipe.model.name!r}: cannot build with these options "
-                        f"({type(err).__name__}: {err})") from None
-    return model, stats
-
-
-def versions() -> dict[str, str]:
-    import keras
-
-    out = {"kcnn": __version__, "keras": keras.__version__, "backend": keras.backend.backend()}
-    if "tensorflow" in sys.modules or keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        out["tensorflow"] = tf.__version__
-    return out
+__all__ = ["build_model", "setup_determinism", "train", "training_phases", "tune_post_hoc_tau",
+           "versions"]
 
 
 def train(
@@ -90,12 +43,12 @@ def train(
     resume: str | Path | None = None,
     runs_root: str | Path = "runs",
     callbacks: Sequence[Any] = (),
+    epochs: int | None = None,
 ) -> Path:
     """Train a recipe (or resume a run) and return the run directory.
 
-    Everything that can fail on bad input (data, model arguments) is checked
-    before the run directory is created, so a failed start leaves nothing behind.
-    The Keras dtype policy (``train.precision``) is restored afterwards.
+    ``epochs`` (with ``resume``) extends the run to that many epochs. The Keras
+    dtype policy (``train.precision``) is restored afterwards.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -103,156 +56,204 @@ def train(
     policy = keras.mixed_precision.global_policy()
     try:
         return _train(recipe, run_dir=run_dir, resume=resume, runs_root=runs_root,
-                      callbacks=callbacks)
+                      callbacks=callbacks, epochs=epochs)
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _train(recipe, *, run_dir, resume, runs_root, callbacks) -> Path:
-    import keras
+def _train(recipe, *, run_dir, resume, runs_root, callbacks, epochs=None) -> Path:
+    from kcnn.engine.distribute import scope
 
-    from kcnn.data.pipeline import EpochFeeder
-    from kcnn.data.samplers import make_sampler
-    from kcnn.data.sources import load_dataset
-    from kcnn.engine.callbacks import RunCheckpoint
-    from kcnn.engine.distribute import (
-        check_global_batch,
-        distributed_train_dataset,
-        is_chief,
-        make_strategy,
-        scope,
-        set_precision,
-    )
-    from kcnn.engine.evaluate import evaluate_keras_model, recipe_loss, write_metrics
-    from kcnn.engine.finetune import apply_freeze, frozen_layers, units, warm_start
-    from kcnn.engine.optim import make_optimizer
-    from kcnn.engine.rundir import RunDir
+    run, recipe, state = reopen(resume, recipe, epochs)
+    if run is not None and is_finished(recipe, state) and run.metrics_for(
+            recipe.evaluate.split).is_file():
+        print(finished_message(run, recipe, state), file=sys.stderr)
+        return run.path
+    strategy, tf_config, data = start(recipe, state)
+    with scope(strategy):
+        plan = prepare(recipe, data, state, resuming=run is not None, strategy=strategy)
+        if run is None:
+            run = open_run(plan, run_dir, runs_root, chief=is_chief(tf_config))
+        elif state.get("checkpoint"):
+            restore_checkpoint(plan, run.checkpoints / state["checkpoint"], int(state["epoch"]) - 1,
+                               state.get("rng"))
+        if resume is not None:
+            print(f"Resuming {run.path} at epoch {int(state.get('epoch', 0)) + 1}/"
+                  f"{recipe.train.epochs}", file=sys.stderr)
+        checkpoint = make_checkpoint(plan, run, state)
+        all_callbacks = [*callbacks, *extra_callbacks(plan, run)]
+        with interruptible(run, checkpoint):
+            fit_phases(plan, checkpoint, all_callbacks, state, multi_worker=tf_config is not None)
+    stopped(checkpoint, run)
+    return finalize(plan, run, checkpoint)
 
-    state: dict[str, Any] = {}
-    if resume is not None:
-        run = RunDir.open(resume)
-        state = run.read_state()
-        run.remove_stale_temp_files()
-        recipe = load(run.recipe)
-    elif recipe is None:
-        raise ValueError("train() needs a recipe or resume=RUN_DIR")
+
+@contextlib.contextmanager
+def interruptible(run: RunDir, checkpoint):
+    """SIGINT (Ctrl-C) or SIGTERM during training abandons the current step and epoch:
+    the run keeps its last complete epoch (every checkpoint is written atomically, the
+    state last), and :class:`~kcnn.errors.Interrupted` carries the resume command."""
+    def on_term(signum, frame):
+        raise Interrupted(signum)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if in_main else None
+    try:
+        yield
+    except (KeyboardInterrupt, Interrupted) as err:
+        signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+        done = len(checkpoint.history)
+        name = signal.Signals(signum).name
+        raise Interrupted(signum, (
+            f"interrupted by {name} during epoch {done + 1}; {run.path} keeps "
+            f"{'no complete epoch' if not done else f'epochs 1-{done}'}. Resume with: "
+            f"kcnn train --resume {run.path}"), run_path=str(run.path)) from None
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def reopen(resume, recipe: Recipe | None, epochs: int | None = None
+           ) -> tuple[RunDir | None, Recipe, dict[str, Any]]:
+    """(the run to resume or None, the recipe, the run's checkpoint state).
+
+    The state is the newest one whose checkpoint is intact (a damaged latest
+    checkpoint falls back to the previous one, with a line saying so)."""
+    if resume is None:
+        if recipe is None:
+            raise ValueError("train() needs a recipe or resume=RUN_DIR")
+        if epochs is not None:
+            raise TrainingError("epochs= extends a resumed run; set train.epochs for a new one")
+        return None, recipe, {}
+    run = RunDir.open(resume)
+    state, note = run.resume_state()
+    if note:
+        print(note, file=sys.stderr)
+    run.remove_stale_temp_files()
+    recipe = load(run.recipe)
+    if epochs is not None:
+        recipe, state = extend(run, recipe, state, epochs)
+    return run, recipe, state
+
+
+def is_finished(recipe: Recipe, state: dict[str, Any]) -> bool:
+    return bool(state.get("stopped_early")) or int(state.get("epoch", 0)) >= recipe.train.epochs
+
+
+def finished_message(run: RunDir, recipe: Recipe, state: dict[str, Any]) -> str:
+    done = int(state.get("epoch", 0))
+    how = " (stopped early)" if state.get("stopped_early") else ""
+    return (f"{run.path}: already finished after {done} of {recipe.train.epochs} epochs{how}; "
+            f"nothing to resume. To train longer: kcnn train --resume {run.path} --epochs N")
+
+
+def extend(run: RunDir, recipe: Recipe, state: dict[str, Any], epochs: int):
+    """Raise the run's ``train.epochs`` to ``epochs`` (its recipe.yaml is rewritten) so a
+    finished or early-stopped run trains on. Schedules whose length depends on the epoch
+    count (cosine, the warm-up-free part of any schedule) are recomputed for the new total,
+    at the step the run has reached."""
+    done = int(state.get("epoch", 0))
+    if not isinstance(epochs, int) or epochs <= done:
+        raise TrainingError(f"--epochs: must be more than the {done} epochs {run.path} has done "
+                            f"(got {epochs})")
+    text = run.recipe.read_text()
+    saved = loads(text, str(run.recipe))
+    extended = recipe.model_copy(deep=True)
+    extended.train.epochs = epochs
+    comments = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    write_text(run.recipe, dump(extended.model_copy(update={"versions": saved.versions})) + comments)
+    state = {k: v for k, v in state.items() if k not in ("version", "stopped_early")}
+    run.write_state(state)
+    print(f"extending {run.path} from {recipe.train.epochs} to {epochs} epochs"
+          + (" (the cosine schedule is recomputed for the new length)"
+             if recipe.train.schedule.type == "cosine" else ""), file=sys.stderr)
+    return extended, state
+
+
+def start(recipe: Recipe, state: dict[str, Any]):
+    """Seed, set the dtype policy, make the strategy and load the data:
+    ``(strategy, TF_CONFIG or None, data)``."""
+    from kcnn.data.sources import check_batch_memory, load_dataset
+    from kcnn.engine.distribute import check_global_batch, make_strategy, set_precision
+
     cfg = recipe.train
-    start_epoch = int(state.get("epoch", 0))
-
-    setup_determinism(recipe.seed + 1009 * start_epoch, cfg.deterministic)
+    check_batch_memory(recipe.data, cfg.batch_size)
+    setup_determinism(recipe.seed + 1009 * int(state.get("epoch", 0)), cfg.deterministic)
     set_precision(cfg.precision)
     strategy, tf_config = make_strategy(recipe.distribute)
     data = load_dataset(recipe.data)
-    chief = is_chief(tf_config)
+    split = recipe.evaluate.split
+    if len(data.split(split)) == 0:  # found now, not after the last epoch
+        raise DataError(f"evaluate.split: the {split} split is empty (data.split.{split} is "
+                        f"{getattr(recipe.data.split, split, None)}); choose another split to "
+                        f"evaluate on or give it samples")
     if strategy is not None:
         replicas = strategy.num_replicas_in_sync
         per_replica = check_global_batch(cfg.batch_size, replicas)
         print(f"{recipe.distribute.strategy}: global batch {cfg.batch_size} = {replicas} replicas "
               f"x {per_replica}", file=sys.stderr)
-    with scope(strategy):
-        model, stats = build_model(recipe, data)
-        loss = recipe_loss(recipe, data)
-        phases = training_phases(cfg, len(units(model)))
-        if recipe.model.init is not None and resume is None:  # a resumed run has its checkpoint
-            init = recipe.model.init
-            load_report = warm_start(model, init.from_, init.layers, init.skip_mismatch)
-            for line in load_report.lines():
-                print(line, file=sys.stderr)
-        else:
-            load_report = None
-        setup = Setup.plain(model, loss, data, recipe)
-        if recipe.finetune is not None and recipe.finetune.co_training is not None:
-            from kcnn.engine.cotrain import prepare_cotraining
+    return strategy, tf_config, data
 
-            setup = prepare_cotraining(recipe, data, model, loss)
-        if recipe.distill is not None:  # fit a Distiller (student + frozen teacher), keep the student
-            from kcnn.compress.distill import wrap_student
 
-            recipe, setup.fit_model = wrap_student(recipe, setup.fit_model, data)
-            setup.best_model = setup.best_model or model
-        sampler = make_sampler(recipe.data.sampler, setup.train_labels, len(setup.class_names),
-                               recipe.seed, epochs=cfg.epochs, class_names=setup.class_names)
-        if state.get("sampler"):
-            sampler.load_state_dict(state["sampler"])
-        steps = (sampler.num_batches(cfg.batch_size) if strategy is None
-                 else sampler.num_full_batches(cfg.batch_size))
-        frozen_by_phase = [frozen_layers(model, cfg.freeze, cfg.freeze_depth, top) for _, _, top in phases]
+def is_chief(tf_config) -> bool:
+    from kcnn.engine.distribute import is_chief as chief
 
-        def compile_phase(i: int) -> None:
-            apply_freeze(model, frozen_by_phase[i])
-            setup.fit_model.compile(optimizer=make_optimizer(cfg, steps, model), loss=setup.loss,
-                                    metrics=setup.metrics)
+    return chief(tf_config)
 
-        current = None  # index of the phase the model is compiled for
-        if resume is not None:
-            if state.get("checkpoint"):
-                current = phase_index(phases, start_epoch - 1)
-                compile_phase(current)
-                setup.fit_model.optimizer.build(setup.fit_model.trainable_variables)
-                setup.fit_model.load_weights(run.checkpoints / state["checkpoint"])
-            print(f"Resuming {run.path} at epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stderr)
-        else:
-            target = run_dir or RunDir.new_path(recipe.name, runs_root)
-            if not chief:  # other workers write to a scratch dir; the chief's is the run
-                target = Path(tempfile.mkdtemp(prefix="kcnn-worker-")) / "run"
-            run = RunDir.create(target)
-            resolved = recipe.model_copy(update={"versions": versions()})
-            write_text(run.recipe, dump(resolved) + frozen_comment(phases, frozen_by_phase))
-            write_json(run.preprocess, stats)
-            if load_report is not None or any(frozen_by_phase) or setup.report:
-                write_json(run.path / "finetune.json", {
-                    "warm_start": load_report.as_dict() if load_report else None,
-                    "phases": [{"epochs": [b, e], "trainable_top": top, "frozen": f}
-                               for (b, e, top), f in zip(phases, frozen_by_phase)],
-                    **setup.report,
-                })
-            run.write_state({"epoch": 0, "checkpoint": None, "history": []})
 
-        checkpoint = RunCheckpoint(
-            run, state=state, monitor=cfg.monitor, feeder=None,
-            best_model=setup.best_model, monitor_key=setup.monitor_key(cfg.monitor),
-            patience=cfg.callbacks.early_stopping.patience if cfg.callbacks.early_stopping else None,
-            min_delta=cfg.callbacks.early_stopping.min_delta if cfg.callbacks.early_stopping else 0.0,
-            plots=recipe.evaluate.plots,
-        )
-        all_callbacks = [checkpoint, *callbacks]
-        if cfg.callbacks.tensorboard:
-            all_callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run.tensorboard)))
+def open_run(plan: Plan, run_dir, runs_root, chief: bool = True) -> RunDir:
+    """Create the run dir and write what is known before training: the resolved recipe
+    (with versions and the frozen layers), preprocess.json and finetune.json."""
+    recipe, setup = plan.recipe, plan.setup
+    target = run_dir or RunDir.new_path(recipe.name, runs_root)
+    if not chief:  # other workers write to a scratch dir; the chief's is the run
+        target = Path(tempfile.mkdtemp(prefix="kcnn-worker-")) / "run"
+    run = RunDir.create(target)
+    resolved = recipe.model_copy(update={"versions": versions()})
+    write_text(run.recipe, dump(resolved) + frozen_comment(plan.phases, plan.frozen_by_phase))
+    write_json(run.preprocess, plan.stats)
+    if plan.load_report is not None or any(plan.frozen_by_phase) or setup.report:
+        write_json(run.path / "finetune.json", {
+            "warm_start": plan.load_report.as_dict() if plan.load_report else None,
+            "phases": [{"epochs": [b, e], "trainable_top": top, "frozen": f}
+                       for (b, e, top), f in zip(plan.phases, plan.frozen_by_phase)],
+            **setup.report,
+        })
+    skipped = plan.data.skipped
+    if skipped:
+        write_text(run.path / "skipped_images.txt",
+                   "".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        print(f"skipped {len(skipped)} unreadable files (data.source.on_bad_image: skip); "
+              f"listed in {run.path / 'skipped_images.txt'}", file=sys.stderr)
+    run.write_state({"epoch": 0, "checkpoint": None, "history": []})
+    return run
 
-        verbose = cfg.verbose if cfg.verbose is not None else (1 if sys.stdout.isatty() else 2)
-        for i, (begin, end, _) in enumerate(phases):
-            if end <= start_epoch or _already_stopped(state, cfg):
-                continue
-            begin = max(begin, start_epoch)
-            if current != i:
-                compile_phase(i)
-                set_iterations(setup.fit_model, begin * steps)
-                current = i
-                if frozen_by_phase[i]:
-                    print(f"epochs {begin + 1}-{end}: frozen layers: {', '.join(frozen_by_phase[i])}",
-                          file=sys.stderr)
-            if strategy is None:
-                feeder = EpochFeeder(sampler, cfg.batch_size, begin, end)
-                dataset = setup.train_dataset(feeder)
-            else:
-                dataset, feeders = distributed_train_dataset(strategy, setup, sampler, cfg.batch_size,
-                                                             begin, end)
-                feeder = feeders[0]
-                if tf_config is not None:
-                    prebuild_for_multi_worker(setup, sampler, cfg.batch_size, begin)
-            checkpoint.feeder = feeder
-            setup.fit_model.fit(
-                dataset,
-                epochs=end,
-                initial_epoch=begin,
-                steps_per_epoch=steps,
-                validation_data=setup.val_dataset(cfg.batch_size),
-                callbacks=all_callbacks,
-                verbose=verbose,
-                shuffle=False,  # the sampler already orders every epoch
-            )
-            if checkpoint.nan_at is not None or checkpoint.early_stopped_at is not None:
-                break
+
+def make_checkpoint(plan: Plan, run: RunDir, state: dict[str, Any]):
+    from kcnn.engine.callbacks import RunCheckpoint
+
+    cfg, setup = plan.recipe.train, plan.setup
+    stopping = cfg.callbacks.early_stopping
+    return RunCheckpoint(
+        run, state=state, monitor=cfg.monitor, feeder=None,
+        best_model=setup.best_model, monitor_key=setup.monitor_key(cfg.monitor),
+        patience=stopping.patience if stopping else None,
+        min_delta=stopping.min_delta if stopping else 0.0,
+        plots=plan.recipe.evaluate.plots,
+    )
+
+
+def extra_callbacks(plan: Plan, run: RunDir) -> list[Any]:
+    """Callbacks the recipe asks for besides the run checkpoint (TensorBoard)."""
+    import keras
+
+    if plan.recipe.train.callbacks.tensorboard:
+        return [keras.callbacks.TensorBoard(log_dir=str(run.tensorboard))]
+    return []
+
+
+def stopped(checkpoint, run: RunDir) -> None:
+    """Raise for a NaN loss; record early stopping in the run's state."""
     if checkpoint.nan_at is not None:
         epoch, batch = checkpoint.nan_at
         raise TrainingError(
@@ -265,9 +266,17 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks) -> Path:
                          "stopped_early": True})
         print(f"Early stopping after epoch {checkpoint.early_stopped_at + 1}", file=sys.stderr)
 
-    best = keras.saving.load_model(run.model, compile=False)
+
+def finalize(plan: Plan, run: RunDir, checkpoint) -> Path:
+    """Best model → post-hoc τ (``tune_tau``) → evaluation on the recipe's split →
+    metrics.json and plots."""
+    from kcnn.engine.evaluate import evaluate_keras_model, write_metrics
+    from kcnn.saving import load_keras_model
+
+    recipe, data = plan.recipe, plan.data
+    best = load_keras_model(run.model)
     tuned = None
-    if getattr(cfg.loss, "tune_tau", False):
+    if getattr(recipe.train.loss, "tune_tau", False):
         recipe, tuned = tune_post_hoc_tau(best, recipe, data, run)
     split = recipe.evaluate.split
     metrics, outputs = evaluate_keras_model(best, recipe, data, split, with_outputs=True)
@@ -296,7 +305,7 @@ def tune_post_hoc_tau(model, recipe: Recipe, data, run) -> tuple[Recipe, float]:
         print(f"train.loss.tune_tau: no validation split to tune on; keeping tau {loss.tau}",
               file=sys.stderr)
         return recipe, loss.tau
-    logits = predict_logits(model, data.val.x, recipe.train.batch_size)
+    logits = predict_logits(model, data.val, recipe.train.batch_size)
     tau, scores = tune_tau(logits, data.val.y, class_priors(data.class_counts, data.class_names),
                            prefer=loss.tau)
     tuned = recipe.model_copy(deep=True)
@@ -312,99 +321,3 @@ def tune_post_hoc_tau(model, recipe: Recipe, data, run) -> tuple[Recipe, float]:
     print(f"post-hoc tau tuned on val: {tau} (balanced accuracy {scores[tau]:.4f}; "
           f"tau {loss.tau}: {scores.get(loss.tau, float('nan')):.4f})", file=sys.stderr)
     return tuned, tau
-
-
-def _already_stopped(state: dict[str, Any], cfg) -> bool:
-    return bool(state.get("stopped_early"))
-
-
-def prebuild_for_multi_worker(setup, sampler, batch_size: int, epoch: int) -> None:
-    """Build metrics, loss and optimizer from one local batch before ``fit``.
-
-    Keras' ``fit`` first averages a batch across replicas to build them
-    symbolically (``_maybe_symbolic_build``); under MultiWorkerMirroredStrategy
-    that reduce fails on nested (x, y) batches. Building from a local batch
-    inside the strategy scope, then skipping that step, gives the same state.
-    """
-    from kcnn.data.pipeline import EpochFeeder
-
-    model = setup.fit_model
-    local = EpochFeeder(sampler, batch_size, epoch, epoch + 1)
-    batch = next(iter(setup.train_dataset(local)))
-    with model.distribute_strategy.scope():
-        model._symbolic_build(data_batch=batch)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-
-
-def training_phases(cfg, num_units: int) -> list[tuple[int, int, int | None]]:
-    """Epoch ranges with a constant set of trainable layers: (begin, end, trainable_top)."""
-    if cfg.unfreeze is None:
-        return [(0, cfg.epochs, cfg.trainable_top)]
-    phases: list[tuple[int, int, int | None]] = []
-    for epoch in range(cfg.epochs):
-        top = min(cfg.unfreeze.trainable_top(epoch), num_units)
-        if phases and phases[-1][2] == top:
-            phases[-1] = (phases[-1][0], epoch + 1, top)
-        else:
-            phases.append((epoch, epoch + 1, top))
-    return phases
-
-
-def phase_index(phases, epoch: int) -> int:
-    return next(i for i, (b, e, _) in enumerate(phases) if b <= epoch < e)
-
-
-def set_iterations(model, step: int) -> None:
-    """Continue the lr schedule at ``step`` with a freshly compiled optimizer."""
-    if step <= 0:
-        return
-    optimizer = model.optimizer
-    optimizer.build(model.trainable_variables)
-    optimizer.iterations.assign(step)
-    for inner in getattr(optimizer, "optimizers", []):
-        inner.iterations.assign(step)
-
-
-def frozen_comment(phases, frozen_by_phase) -> str:
-    """YAML comment lines listing the frozen layers of each phase (for the run's recipe.yaml)."""
-    lines = []
-    for (begin, end, _), frozen in zip(phases, frozen_by_phase):
-        if frozen:
-            lines.append(f"# frozen during epochs {begin + 1}-{end}: {', '.join(frozen)}")
-    return "".join(line + "\n" for line in lines)
-
-
-class Setup:
-    """What ``fit`` trains on: the model (or a multi-head wrapper), its losses and data."""
-
-    def __init__(self, fit_model, best_model, loss, metrics, train_dataset, val_dataset,
-                 train_labels, class_names, monitor_prefix: str = "", report: dict | None = None):
-        self.fit_model = fit_model
-        self.train_labels = train_labels  # what the sampler orders
-        self.class_names = class_names
-        self.best_model = best_model
-        self.loss = loss
-        self.metrics = metrics
-        self.train_dataset = train_dataset
-        self.val_dataset = val_dataset
-        self.monitor_prefix = monitor_prefix
-        self.report = report or {}
-
-    def monitor_key(self, monitor: str) -> str:
-        if not self.monitor_prefix:
-            return monitor
-        return monitor.replace("val_", f"val_{self.monitor_prefix}", 1)
-
-    @classmethod
-    def plain(cls, model, loss, data, recipe):
-        import keras
-
-        from kcnn.data.pipeline import eval_dataset, train_dataset
-
-        metrics = [keras.metrics.MeanAbsoluteError(name="mae")] if data.is_regression else ["accuracy"]
-        return cls(
-            model, None, loss, metrics,
-            lambda feeder: train_dataset(data.train, feeder, recipe.data.augment, recipe.seed),
-            lambda bs: eval_dataset(data.val, bs) if len(data.val) else None,
-            data.sampler_labels, ["all"] if data.is_regression else data.class_names,
-        )

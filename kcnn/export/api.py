@@ -11,19 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from kcnn.errors import KcnnError, RunDirError
+from kcnn.choices import ExportFormat, QuantizeMode, values
+from kcnn.errors import KcnnError
 from kcnn.io import atomic_path, write_json, write_text
 
-FORMATS = ("tflite", "saved_model", "keras")
+FORMATS = values(ExportFormat)
 
 
 def _open_run(run_dir: str | Path):
-    from kcnn.engine.rundir import RunDir
+    from kcnn.saving import resolve
 
-    run = RunDir.open(run_dir)
-    if not run.model.is_file():
-        raise RunDirError(f"{run_dir}: run has no model.keras yet (train it first)")
-    return run
+    return resolve(run_dir, kinds=("run",)).run
 
 
 def _quiet_tensorflow() -> None:
@@ -32,9 +30,55 @@ def _quiet_tensorflow() -> None:
     tf.get_logger().setLevel("ERROR")  # retracing notices from repeated predict() calls
 
 
-def default_out(run, fmt: str, mode: str) -> Path:
+def check_options(fmt: str, quantize: str | None, calibration: int | None) -> None:
+    """One line for a bad ``--format``, ``--quantize`` or ``--calibration``; no heavy import."""
+    if fmt not in FORMATS:
+        raise KcnnError(f"--format: unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if quantize is not None and quantize not in quantize_modes():
+        raise KcnnError(f"--quantize: unknown mode {quantize!r}; valid: "
+                        f"{', '.join(quantize_modes())}")
+    if calibration is not None and calibration < 1:
+        raise KcnnError(f"--calibration: must be >= 1 (got {calibration})")
+
+
+def export_run(run_dir: str | Path, *, fmt: str = "tflite", quantize: str | None = None,
+               int8_io: bool = False, calibration: int | None = None, strict: bool = False,
+               all_modes: bool = False, out: str | Path | None = None,
+               force: bool = False) -> list[dict[str, Any]]:
+    """``kcnn export``: check the options, then export one mode (``quantize``; default the
+    recipe's ``export.quantize``), every TFLite mode (``all_modes``) or another format.
+    An existing export is replaced only with ``force``. Returns the reports."""
+    check_options(fmt, quantize, calibration)
+    run = _open_run(run_dir)
+    if all_modes:
+        return export_all(run_dir, calibration=calibration, force=force)
+    if fmt != "tflite":
+        return [export_other(run_dir, fmt, out, force=force)]
+    if quantize is None:
+        from kcnn.recipes import load
+
+        quantize = load(run.recipe).export.quantize
+    return [export_tflite(run_dir, mode=quantize, out=out, calibration=calibration,
+                          int8_io=int8_io, strict=strict, force=force)]
+
+
+def refuse_overwrite(path: Path, force: bool) -> None:
+    """A one-line error for an existing output unless ``force``."""
+    if path.exists() and not force:
+        raise KcnnError(f"{path}: already exists; pass --force to replace it")
+
+
+def quantize_modes() -> tuple[str, ...]:
+    """The TFLite modes in the schema's order (``export.quantize``: none first)."""
+    return values(QuantizeMode)
+
+
+def default_out(run, fmt: str, mode: str, int8_io: bool = False) -> Path:
+    """``exports/<mode>/model.tflite`` (``exports/int8_io/`` for int8 with int8 input and
+    output tensors), ``exports/saved_model``, ``exports/model.keras``."""
     if fmt == "tflite":
-        return run.path / "exports" / mode / "model.tflite"
+        folder = f"{mode}_io" if int8_io and mode == "int8" else mode
+        return run.path / "exports" / folder / "model.tflite"
     if fmt == "saved_model":
         return run.path / "exports" / "saved_model"
     return run.path / "exports" / "model.keras"
@@ -54,8 +98,8 @@ def verify(content: bytes, keras_model, data, split: str, mode: str, batch_size:
 
     part = data.split(split)
     tfl = TFLiteModel(content)
-    lite_logits = tfl.predict(part.x, batch_size)
-    keras_logits = predict_logits(keras_model, part.x, batch_size)
+    lite_logits = tfl.predict(part, batch_size)
+    keras_logits = predict_logits(keras_model, part, batch_size)
     ops = tfl.ops()
     op_types = sorted({o["op"] for o in ops})
     integer = mode in ("int8", "int16x8")
@@ -87,7 +131,7 @@ def verify(content: bytes, keras_model, data, split: str, mode: str, batch_size:
         "num_samples": int(len(part)),
         "size_bytes": len(content),
         **scores,
-        "latency_ms_median": tfl.latency_ms(part.x[0], runs=latency_runs),
+        "latency_ms_median": tfl.latency_ms(part.images([0])[0], runs=latency_runs),
         "latency_runs": latency_runs,
         "latency_threads": 1,
         "input_dtype": np.dtype(tfl.input_dtype).name,
@@ -100,22 +144,24 @@ def verify(content: bytes, keras_model, data, split: str, mode: str, batch_size:
 
 def export_tflite(run_dir: str | Path, *, mode: str = "none", out: str | Path | None = None,
                   calibration: int | None = None, int8_io: bool = False, strict: bool = False,
-                  split: str = "test", latency_runs: int = 100) -> dict[str, Any]:
+                  split: str = "test", latency_runs: int = 100, force: bool = False
+                  ) -> dict[str, Any]:
     from kcnn.data.sources import load_dataset
-    from kcnn.engine.evaluate import load_keras_model
-    from kcnn.export.tflite import QUANTIZE_MODES, balanced_calibration, convert
     from kcnn.recipes import load
+    from kcnn.saving import load_keras_model
 
-    QUANTIZE_MODES.get(mode)  # unknown modes fail before any work
+    check_options("tflite", mode, calibration)  # bad options fail before any work
     run = _open_run(run_dir)
+    out = Path(out) if out else default_out(run, "tflite", mode, int8_io)
+    refuse_overwrite(out, force)
+    from kcnn.export.tflite import balanced_calibration, convert
+
     _quiet_tensorflow()
     recipe = load(run.recipe)
     n_cal = recipe.export.calibration if calibration is None else calibration
-    if n_cal < 1:
-        raise KcnnError(f"--calibration: must be >= 1 (got {n_cal})")
     data = load_dataset(recipe.data)
     model = load_keras_model(run.model)
-    samples = balanced_calibration(data.train.x, data.sampler_labels, n_cal, recipe.seed)
+    samples = balanced_calibration(data.train, data.sampler_labels, n_cal, recipe.seed)
     content = convert(model, mode, samples, int8_io=int8_io)
     report = verify(content, model, data, split, mode, recipe.train.batch_size, latency_runs)
     if report["float_fallback_layers"] or report["float_fallback_ops"]:
@@ -127,7 +173,6 @@ def export_tflite(run_dir: str | Path, *, mode: str = "none", out: str | Path | 
             )
         print(f"warning: {mode}: layers without integer kernels run in float between "
               f"QUANTIZE/DEQUANTIZE: {names}", file=sys.stderr)
-    out = Path(out) if out else default_out(run, "tflite", mode)
     with atomic_path(out) as tmp:
         tmp.write_bytes(content)
     report.update({"format": "tflite", "quantize": mode, "int8_io": int8_io, "file": str(out),
@@ -137,13 +182,15 @@ def export_tflite(run_dir: str | Path, *, mode: str = "none", out: str | Path | 
     return report
 
 
-def export_other(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> dict[str, Any]:
+def export_other(run_dir: str | Path, fmt: str, out: str | Path | None = None,
+                 force: bool = False) -> dict[str, Any]:
     """SavedModel (a folder, swapped in atomically) or a copy of the best ``.keras``."""
-    from kcnn.engine.evaluate import load_keras_model
     from kcnn.export.tflite import require_tensorflow_backend
+    from kcnn.saving import load_keras_model
 
     run = _open_run(run_dir)
     out = Path(out) if out else default_out(run, fmt, "none")
+    refuse_overwrite(out, force)
     if fmt == "keras":
         with atomic_path(out) as tmp:
             shutil.copyfile(run.model, tmp)
@@ -171,15 +218,13 @@ def export_other(run_dir: str | Path, fmt: str, out: str | Path | None = None) -
 
 
 def export_all(run_dir: str | Path, *, calibration: int | None = None,
-               latency_runs: int = 100) -> list[dict[str, Any]]:
+               latency_runs: int = 100, force: bool = False) -> list[dict[str, Any]]:
     """Every TFLite mode, plus a comparison table in ``exports/comparison.md``."""
-    from kcnn.export.tflite import QUANTIZE_MODES
-
-    reports = [export_tflite(run_dir, mode=m, calibration=calibration, latency_runs=latency_runs)
-               for m in QUANTIZE_MODES.names()]
-    order = ["none", "dynamic", "float16", "int8", "int16x8"]
-    reports.sort(key=lambda r: order.index(r["quantize"]) if r["quantize"] in order else 99)
     run = _open_run(run_dir)
+    for mode in quantize_modes():  # refuse before converting anything
+        refuse_overwrite(default_out(run, "tflite", mode), force)
+    reports = [export_tflite(run_dir, mode=m, calibration=calibration, latency_runs=latency_runs,
+                             force=True) for m in quantize_modes()]
     write_text(run.path / "exports" / "comparison.md", comparison_table(reports) + "\n")
     write_json(run.path / "exports" / "comparison.json", reports)
     return reports

@@ -60,10 +60,14 @@ class TFLiteModel:
             self.output = self.interpreter.get_output_details()[0]
             self._batch = batch
 
-    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def predict(self, x, batch_size: int = 64) -> np.ndarray:
+        """Outputs for an image array, or for every image of a data split (read a batch at
+        a time, so a file-backed split is never loaded whole)."""
         out = []
-        for i in range(0, len(x), batch_size):
-            chunk = np.asarray(x[i : i + batch_size], dtype="float32")
+        batches = x.batches(batch_size) if hasattr(x, "batches") else (
+            x[i : i + batch_size] for i in range(0, len(x), batch_size))
+        for batch in batches:
+            chunk = np.asarray(batch, dtype="float32")
             self._resize(len(chunk))
             self.interpreter.set_tensor(self.input["index"], self._quantize(chunk))
             self.interpreter.invoke()

@@ -31,8 +31,9 @@ QUANTIZE_MODES: Registry[Callable[..., None]] = Registry("quantization mode")
 FLOAT_MODES = ("none", "dynamic", "float16")
 
 
-def balanced_calibration(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` training images taken round-robin over the classes (rare classes get calibrated too)."""
+def balanced_calibration(x, y: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` training images taken round-robin over the classes (rare classes get calibrated
+    too). ``x`` is an image array or a data split (only the chosen images are read)."""
     if n < 1:
         raise KcnnError(f"--calibration: must be >= 1 (got {n})")
     rng = np.random.default_rng(seed)
@@ -42,7 +43,8 @@ def balanced_calibration(x: np.ndarray, y: np.ndarray, n: int, seed: int = 0) ->
         for pool in pools:
             if pool and len(picked) < n:
                 picked.append(pool.pop())
-    return x[np.asarray(picked, dtype=int)]
+    idx = np.asarray(picked, dtype=np.int64)
+    return x.images(idx) if hasattr(x, "images") else x[idx]
 
 
 def _representative(samples: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:

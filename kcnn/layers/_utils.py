@@ -1,8 +1,9 @@
-"""Argument checks and shape arithmetic shared by the kcnn layers.
+"""Argument checks, shape arithmetic and config helpers shared by the kcnn layers.
 
-Everything here is plain Python, except the few helpers that take a tensor and
-use :mod:`keras.ops`, so the layers that call them keep running on every
-Keras backend.
+Everything here is plain Python or plain Keras (serializers, a ``Conv2D``
+sub-layer), except the few helpers that take a tensor and use
+:mod:`keras.ops`, so the layers that call them keep running on every Keras
+backend.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import numbers
 
 import keras
 from keras import ops
+
+# The get_config keys of the arguments every 2D convolution layer here takes.
+CONV2D_ARGUMENTS = ("filters", "kernel_size", "strides", "padding", "dilation_rate", "data_format")
 
 _PADDINGS = ("valid", "same")
 _DATA_FORMATS = ("channels_last", "channels_first")
@@ -89,9 +93,130 @@ def check_positive_number(value, name, minimum=0.0, inclusive=False):
     return float(value)
 
 
+def check_positive_int(value, name, allow_none=False):
+    """Returns ``value`` as an int; raises unless it is a positive integer (or None if allowed)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+        expected = "a positive integer or None" if allow_none else "a positive integer"
+        raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_bool(value, name):
+    """Raises unless ``value`` is a Python bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a boolean. Received: {name}={value!r}")
+    return value
+
+
+def check_strides_or_dilation(strides, dilation_rate):
+    """Raises when both the (normalized) strides and dilation rate exceed 1.
+
+    Like Keras' ``Conv2D``, a convolution here either strides or dilates.
+    """
+    if max(strides) > 1 and max(dilation_rate) > 1:
+        raise ValueError(
+            "`strides` > 1 cannot be combined with `dilation_rate` > 1. "
+            f"Received: strides={strides}, dilation_rate={dilation_rate}"
+        )
+
+
+def channel_axis(data_format):
+    """The channel axis of a 4D tensor: -1 (channels last) or 1 (channels first)."""
+    return -1 if data_format == "channels_last" else 1
+
+
+def spatial_dims(shape, data_format):
+    """``(height, width)`` of a 4D shape in ``data_format``."""
+    if data_format == "channels_first":
+        return shape[2], shape[3]
+    return shape[1], shape[2]
+
+
+def known_size(input_shape, axis, what="channel axis"):
+    """``input_shape[axis]``; raises when that size is unknown (None)."""
+    size = input_shape[axis]
+    if size is None:
+        raise ValueError(
+            f"The {what} of the input must have a known size. "
+            f"Received: input_shape={tuple(input_shape)}"
+        )
+    return size
+
+
+def check_window_fits(input_shape, padding, data_format, window, what, dilation_rate=(1, 1)):
+    """With ``"valid"`` padding, raises unless the known height and width hold one window.
+
+    ``window`` is the kernel or pool size (2 ints), ``dilation_rate``
+    spreads it; ``what`` names the window in the message.
+    """
+    if padding != "valid":
+        return
+    sizes = spatial_dims(input_shape, data_format)
+    for size, kernel, dilation, name in zip(sizes, window, dilation_rate, ("height", "width")):
+        if size is not None and size < (kernel - 1) * dilation + 1:
+            raise ValueError(
+                f"With padding='valid' the input {name} must be at least the {what}. "
+                f"Received: input_shape={tuple(input_shape)}"
+            )
+
+
+_SERIALIZERS = (
+    ("activation", keras.activations.serialize),
+    ("_initializer", keras.initializers.serialize),
+    ("_regularizer", keras.regularizers.serialize),
+    ("_constraint", keras.constraints.serialize),
+)
+
+
+def config_entries(layer, names):
+    """The ``get_config`` entries of the constructor arguments ``names``.
+
+    Each value is read from the attribute of the same name. Activations,
+    initializers, regularizers and constraints (recognised by Keras' argument
+    names: ``activation``, ``*_initializer``, ``*_regularizer``,
+    ``*_constraint``) are serialized; lists are copied; anything else is
+    stored as it is.
+    """
+    config = {}
+    for name in names:
+        value = getattr(layer, name)
+        for suffix, serialize in _SERIALIZERS:
+            if name.endswith(suffix):
+                value = serialize(value)
+                break
+        else:
+            if isinstance(value, list):
+                value = list(value)
+        config[name] = value
+    return config
+
+
 def fresh_initializer(initializer):
     """A new initializer with the same configuration (one per sub-layer)."""
     return initializer.__class__.from_config(initializer.get_config())
+
+
+def conv2d_sublayer(block, filters, kernel_size, *, strides, padding, use_bias, name):
+    """A ``Conv2D`` inside ``block``, a layer built from convolutions.
+
+    The convolution takes the block's ``data_format``, dtype policy and
+    ``kernel_regularizer``, and its own copy of the block's
+    ``kernel_initializer``.
+    """
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        data_format=block.data_format,
+        use_bias=use_bias,
+        kernel_initializer=fresh_initializer(block.kernel_initializer),
+        kernel_regularizer=block.kernel_regularizer,
+        dtype=block.dtype_policy,
+        name=name,
+    )
 
 
 def conv_output_length(length, kernel, stride, padding, dilation=1):
@@ -118,6 +243,13 @@ def conv2d_output_shape(input_shape, filters, kernel_size, strides, padding, dil
     h, w = (conv_output_length(n, k, s, padding, d) for n, k, s, d in
             zip((height, width), kernel_size, strides, dilation_rate))
     return (batch, h, w, filters) if data_format == "channels_last" else (batch, filters, h, w)
+
+
+def pool2d_output_shape(input_shape, pool_size, strides, padding, data_format):
+    """Output shape of a 2-D pooling layer (the channels are kept)."""
+    channels = input_shape[channel_axis(data_format)]
+    return conv2d_output_shape(input_shape, channels, pool_size, strides, padding, (1, 1),
+                               data_format)
 
 
 def same_padding_amounts(length, kernel, stride, dilation=1):

@@ -8,6 +8,11 @@ import keras
 from keras import ops
 
 from kcnn.layers._utils import (
+    CONV2D_ARGUMENTS,
+    channel_axis,
+    check_positive_int,
+    check_strides_or_dilation,
+    config_entries,
     conv2d_output_shape,
     normalize_tuple,
     standardize_data_format,
@@ -30,12 +35,6 @@ def _check_gradient_clip(value):
             f"Received: gradient_clip={value!r}"
         )
     return float(value)
-
-
-def _check_units(value, name):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def binarize(kernel, scale=True, gradient_clip=1.0):
@@ -117,21 +116,24 @@ class _BinaryBase(keras.layers.Layer):
         """The kernel the forward pass uses: ``sign(W)·α`` (or ``sign(W)``)."""
         return binarize(self.kernel, self.scale, self.gradient_clip)
 
+    def _bias_and_activation(self, outputs, bias_shape=None):
+        """Adds the bias (reshaped to ``bias_shape`` if given), then the activation."""
+        if self.use_bias:
+            bias = self.bias if bias_shape is None else ops.reshape(self.bias, bias_shape)
+            outputs = outputs + bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "activation": keras.activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "scale": self.scale,
-                "gradient_clip": self.gradient_clip,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-                "bias_constraint": keras.constraints.serialize(self.bias_constraint),
-            }
+            config_entries(
+                self,
+                ("activation", "use_bias", "scale", "gradient_clip", "kernel_initializer",
+                 "bias_initializer", "kernel_regularizer", "bias_regularizer",
+                 "kernel_constraint", "bias_constraint"),
+            )
         )
         return config
 
@@ -230,31 +232,25 @@ class BinaryConv2D(_BinaryBase):
             bias_constraint=bias_constraint,
             **kwargs,
         )
-        self.filters = _check_units(filters, "filters")
+        self.filters = check_positive_int(filters, "filters")
         self.kernel_size = normalize_tuple(kernel_size, 2, "kernel_size")
         self.strides = normalize_tuple(strides, 2, "strides")
         self.padding = standardize_padding(padding)
         self.dilation_rate = normalize_tuple(dilation_rate, 2, "dilation_rate")
         self.data_format = standardize_data_format(data_format)
-        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(
-                "`strides` > 1 cannot be combined with `dilation_rate` > 1. "
-                f"Received: strides={strides!r}, dilation_rate={dilation_rate!r}"
-            )
+        check_strides_or_dilation(self.strides, self.dilation_rate)
+        self._channel_axis = channel_axis(self.data_format)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
-    def _channel_axis(self):
-        return -1 if self.data_format == "channels_last" else 1
-
     def build(self, input_shape):
-        channels = input_shape[self._channel_axis()]
+        channels = input_shape[self._channel_axis]
         if channels is None:
             raise ValueError(
                 "The channel dimension of the inputs to `BinaryConv2D` must be known. "
                 f"Received: input_shape={input_shape}"
             )
         self._add_weights((*self.kernel_size, int(channels), self.filters), self.filters)
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis(): channels})
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
 
     def call(self, inputs):
         outputs = ops.conv(
@@ -265,16 +261,8 @@ class BinaryConv2D(_BinaryBase):
             data_format=self.data_format,
             dilation_rate=self.dilation_rate,
         )
-        if self.use_bias:
-            bias = (
-                self.bias
-                if self.data_format == "channels_last"
-                else ops.reshape(self.bias, (1, self.filters, 1, 1))
-            )
-            outputs = outputs + bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        bias_shape = None if self.data_format == "channels_last" else (1, self.filters, 1, 1)
+        return self._bias_and_activation(outputs, bias_shape)
 
     def compute_output_shape(self, input_shape):
         return conv2d_output_shape(input_shape, self.filters, self.kernel_size, self.strides,
@@ -282,16 +270,7 @@ class BinaryConv2D(_BinaryBase):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "dilation_rate": self.dilation_rate,
-                "data_format": self.data_format,
-            }
-        )
+        config.update(config_entries(self, CONV2D_ARGUMENTS))
         return config
 
 
@@ -366,7 +345,7 @@ class BinaryDense(_BinaryBase):
             bias_constraint=bias_constraint,
             **kwargs,
         )
-        self.units = _check_units(units, "units")
+        self.units = check_positive_int(units, "units")
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
@@ -380,12 +359,7 @@ class BinaryDense(_BinaryBase):
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: dim})
 
     def call(self, inputs):
-        outputs = ops.matmul(inputs, self.binary_kernel())
-        if self.use_bias:
-            outputs = outputs + self.bias
-        if self.activation is not None:
-            outputs = self.activation(outputs)
-        return outputs
+        return self._bias_and_activation(ops.matmul(inputs, self.binary_kernel()))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)

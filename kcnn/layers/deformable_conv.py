@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import numbers
-
 import keras
 import numpy as np
 from keras import ops
 
 from kcnn.layers._utils import (
+    CONV2D_ARGUMENTS,
+    channel_axis,
+    check_bool,
+    check_positive_int,
+    check_strides_or_dilation,
+    check_window_fits,
+    config_entries,
     conv2d_output_shape,
     from_channels_last,
+    known_size,
     normalize_tuple,
     same_padding_amounts,
     spatial_shape,
@@ -70,7 +76,7 @@ class DeformableConv2D(keras.layers.Layer):
         **kwargs: Base layer keyword arguments, such as ``name`` and ``dtype``.
 
     Call arguments:
-        inputs: A 4D tensor.
+        inputs: A 4D tensor; the offsets are computed from it as well.
 
     Input shape:
         ``(batch, height, width, channels)`` for ``"channels_last"``,
@@ -109,22 +115,16 @@ class DeformableConv2D(keras.layers.Layer):
         offset_kernel_regularizer=None,
         **kwargs,
     ):
-        if not isinstance(filters, numbers.Integral) or isinstance(filters, bool) or filters <= 0:
-            raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
+        filters = check_positive_int(filters, "filters")
         kernel_size = normalize_tuple(kernel_size, 2, "kernel_size")
         strides = normalize_tuple(strides, 2, "strides")
         padding = standardize_padding(padding)
         dilation_rate = normalize_tuple(dilation_rate, 2, "dilation_rate")
-        if strides != (1, 1) and dilation_rate != (1, 1):
-            raise ValueError(
-                "`strides > 1` is not supported together with `dilation_rate > 1`. "
-                f"Received: strides={strides}, dilation_rate={dilation_rate}"
-            )
-        if not isinstance(use_bias, bool):
-            raise ValueError(f"`use_bias` must be a boolean. Received: use_bias={use_bias!r}")
+        check_strides_or_dilation(strides, dilation_rate)
+        use_bias = check_bool(use_bias, "use_bias")
         data_format = standardize_data_format(data_format)
         super().__init__(**kwargs)
-        self.filters = int(filters)
+        self.filters = filters
         self.kernel_size = kernel_size
         self.strides = strides
         self.padding = padding
@@ -138,28 +138,13 @@ class DeformableConv2D(keras.layers.Layer):
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.offset_kernel_initializer = keras.initializers.get(offset_kernel_initializer)
         self.offset_kernel_regularizer = keras.regularizers.get(offset_kernel_regularizer)
-        self._channel_axis = -1 if data_format == "channels_last" else 1
+        self._channel_axis = channel_axis(data_format)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                "The channel axis of the input must have a known size. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
-        height, width = self._spatial(input_shape)
-        if self.padding == "valid":
-            for size, kernel, dilation, name in (
-                (height, self.kernel_size[0], self.dilation_rate[0], "height"),
-                (width, self.kernel_size[1], self.dilation_rate[1], "width"),
-            ):
-                if size is not None and size < (kernel - 1) * dilation + 1:
-                    raise ValueError(
-                        f"With padding='valid' the input {name} must be at least the "
-                        "dilated kernel size. "
-                        f"Received: input_shape={tuple(input_shape)}"
-                    )
+        channels = known_size(input_shape, self._channel_axis)
+        check_window_fits(input_shape, self.padding, self.data_format, self.kernel_size,
+                          "dilated kernel size", self.dilation_rate)
         kh, kw = self.kernel_size
         self.kernel = self.add_weight(
             name="kernel",
@@ -190,11 +175,6 @@ class DeformableConv2D(keras.layers.Layer):
         self._grid_y = (u.reshape(-1) * self.dilation_rate[0]).astype("float32")
         self._grid_x = (v.reshape(-1) * self.dilation_rate[1]).astype("float32")
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
-
-    def _spatial(self, shape):
-        if self.data_format == "channels_first":
-            return shape[2], shape[3]
-        return shape[1], shape[2]
 
     def call(self, inputs):
         x = to_channels_last(inputs, self.data_format)
@@ -281,25 +261,12 @@ class DeformableConv2D(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "dilation_rate": self.dilation_rate,
-                "use_bias": self.use_bias,
-                "activation": keras.activations.serialize(self.activation),
-                "data_format": self.data_format,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-                "offset_kernel_initializer": keras.initializers.serialize(
-                    self.offset_kernel_initializer
-                ),
-                "offset_kernel_regularizer": keras.regularizers.serialize(
-                    self.offset_kernel_regularizer
-                ),
-            }
+            config_entries(
+                self,
+                CONV2D_ARGUMENTS
+                + ("use_bias", "activation", "kernel_initializer", "bias_initializer",
+                   "kernel_regularizer", "bias_regularizer", "offset_kernel_initializer",
+                   "offset_kernel_regularizer"),
+            )
         )
         return config

@@ -7,7 +7,14 @@ import numbers
 import keras
 from keras import ops
 
-from kcnn.layers._utils import normalize_tuple, standardize_data_format
+from kcnn.layers._utils import (
+    channel_axis,
+    check_positive_int,
+    config_entries,
+    known_size,
+    normalize_tuple,
+    standardize_data_format,
+)
 
 
 def highway_gate_bias(depth):
@@ -34,8 +41,7 @@ def highway_gate_bias(depth):
     >>> highway_gate_bias(20)
     -2.0
     """
-    if not isinstance(depth, numbers.Integral) or isinstance(depth, bool) or depth <= 0:
-        raise ValueError(f"`depth` must be a positive integer. Received: depth={depth!r}")
+    check_positive_int(depth, "depth")
     if depth < 15:
         return -1.0
     if depth < 25:
@@ -58,16 +64,73 @@ def _check_gate_bias(value):
     return float(value)
 
 
-def _check_width(value, name):
-    if value is None:
-        return None
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer or None. Received: {name}={value!r}")
-    return int(value)
+class _Highway(keras.layers.Layer):
+    """What the highway layers share: the arguments of ``H`` and ``T``, their
+    weights, and the mixing rule ``y = x + T(x) * (H(x) - x)``.
+
+    A subclass builds its weights with ``_add_highway_weights`` and says how
+    one affine map (a matrix product or a convolution, plus a bias) applies,
+    in ``_affine``.
+    """
+
+    def __init__(
+        self,
+        activation,
+        transform_gate_bias,
+        kernel_initializer,
+        bias_initializer,
+        kernel_regularizer,
+        bias_regularizer,
+        **kwargs,
+    ):
+        transform_gate_bias = _check_gate_bias(transform_gate_bias)
+        super().__init__(**kwargs)
+        self.activation = keras.activations.get(activation)
+        self.transform_gate_bias = transform_gate_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+
+    def _add_highway_weights(self, kernel_shape, width):
+        """``H``'s kernel and bias, then the gate's; the gate bias starts at ``b_T``."""
+        kernel_args = dict(shape=kernel_shape, initializer=self.kernel_initializer,
+                           regularizer=self.kernel_regularizer)
+        bias_args = dict(shape=(width,), regularizer=self.bias_regularizer)
+        gate_bias_initializer = keras.initializers.Constant(self.transform_gate_bias)
+        self.kernel = self.add_weight(name="kernel", **kernel_args)
+        self.bias = self.add_weight(name="bias", initializer=self.bias_initializer, **bias_args)
+        self.gate_kernel = self.add_weight(name="gate_kernel", **kernel_args)
+        self.gate_bias = self.add_weight(
+            name="gate_bias", initializer=gate_bias_initializer, **bias_args
+        )
+
+    def _affine(self, x, kernel, bias):
+        raise NotImplementedError
+
+    def call(self, inputs):
+        transformed = self.activation(self._affine(inputs, self.kernel, self.bias))
+        gate = ops.sigmoid(self._affine(inputs, self.gate_kernel, self.gate_bias))
+        # H*T + x*(1 - T) written as x + T*(H - x): one product fewer.
+        return inputs + gate * (transformed - inputs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            config_entries(
+                self,
+                ("activation", "transform_gate_bias", "kernel_initializer", "bias_initializer",
+                 "kernel_regularizer", "bias_regularizer"),
+            )
+        )
+        return config
 
 
 @keras.saving.register_keras_serializable(package="kcnn")
-class HighwayDense(keras.layers.Layer):
+class HighwayDense(_Highway):
     """Fully connected highway layer.
 
     A plain layer ``H`` whose output is mixed with its input by a learned,
@@ -134,83 +197,40 @@ class HighwayDense(keras.layers.Layer):
         bias_regularizer=None,
         **kwargs,
     ):
-        transform_gate_bias = _check_gate_bias(transform_gate_bias)
-        units = _check_width(units, "units")
-        super().__init__(**kwargs)
-        self.activation = keras.activations.get(activation)
-        self.transform_gate_bias = transform_gate_bias
+        units = check_positive_int(units, "units", allow_none=True)
+        super().__init__(
+            activation=activation,
+            transform_gate_bias=transform_gate_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            **kwargs,
+        )
         self.units = units
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
-        width = input_shape[-1]
-        if width is None:
-            raise ValueError(
-                "The last axis of the input must have a known size. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
+        width = known_size(input_shape, -1, "last axis")
         if self.units is not None and self.units != width:
             raise ValueError(
                 "A highway layer keeps the width of its input, so `units` must "
                 f"equal the input width {width} (or be None). Received: units={self.units}"
             )
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(width, width),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-        )
-        self.bias = self.add_weight(
-            name="bias",
-            shape=(width,),
-            initializer=self.bias_initializer,
-            regularizer=self.bias_regularizer,
-        )
-        self.gate_kernel = self.add_weight(
-            name="gate_kernel",
-            shape=(width, width),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-        )
-        self.gate_bias = self.add_weight(
-            name="gate_bias",
-            shape=(width,),
-            initializer=keras.initializers.Constant(self.transform_gate_bias),
-            regularizer=self.bias_regularizer,
-        )
+        self._add_highway_weights((width, width), width)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: width})
 
-    def call(self, inputs):
-        transformed = self.activation(ops.matmul(inputs, self.kernel) + self.bias)
-        gate = ops.sigmoid(ops.matmul(inputs, self.gate_kernel) + self.gate_bias)
-        # H*T + x*(1 - T) written as x + T*(H - x): one product fewer.
-        return inputs + gate * (transformed - inputs)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
+    def _affine(self, x, kernel, bias):
+        return ops.matmul(x, kernel) + bias
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "activation": keras.activations.serialize(self.activation),
-                "transform_gate_bias": self.transform_gate_bias,
-                "units": self.units,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-            }
-        )
+        config["units"] = self.units
         return config
 
 
 @keras.saving.register_keras_serializable(package="kcnn")
-class HighwayConv2D(keras.layers.Layer):
+class HighwayConv2D(_Highway):
     """Convolutional highway layer.
 
     The highway rule of ``HighwayDense`` with convolutions: ``H`` and the
@@ -247,7 +267,8 @@ class HighwayConv2D(keras.layers.Layer):
         **kwargs: Base layer keyword arguments, such as ``name`` and ``dtype``.
 
     Call arguments:
-        inputs: A 4D tensor.
+        inputs: A 4D tensor, the input of ``H`` and ``T`` and the part that
+            the carry gate passes through.
 
     Input shape:
         ``(batch, height, width, channels)`` for ``"channels_last"``,
@@ -283,64 +304,36 @@ class HighwayConv2D(keras.layers.Layer):
     ):
         kernel_size = normalize_tuple(kernel_size, 2, "kernel_size")
         dilation_rate = normalize_tuple(dilation_rate, 2, "dilation_rate")
-        transform_gate_bias = _check_gate_bias(transform_gate_bias)
-        filters = _check_width(filters, "filters")
+        filters = check_positive_int(filters, "filters", allow_none=True)
         data_format = standardize_data_format(data_format)
-        super().__init__(**kwargs)
+        super().__init__(
+            activation=activation,
+            transform_gate_bias=transform_gate_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            **kwargs,
+        )
         self.kernel_size = kernel_size
-        self.activation = keras.activations.get(activation)
-        self.transform_gate_bias = transform_gate_bias
         self.filters = filters
         self.dilation_rate = dilation_rate
         self.data_format = data_format
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self._channel_axis = -1 if data_format == "channels_last" else 1
+        self._channel_axis = channel_axis(data_format)
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                "The channel axis of the input must have a known size. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
+        channels = known_size(input_shape, self._channel_axis)
         if self.filters is not None and self.filters != channels:
             raise ValueError(
                 "A highway layer keeps the width of its input, so `filters` must "
                 f"equal the number of input channels {channels} (or be None). "
                 f"Received: filters={self.filters}"
             )
-        kernel_shape = (*self.kernel_size, channels, channels)
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=kernel_shape,
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-        )
-        self.bias = self.add_weight(
-            name="bias",
-            shape=(channels,),
-            initializer=self.bias_initializer,
-            regularizer=self.bias_regularizer,
-        )
-        self.gate_kernel = self.add_weight(
-            name="gate_kernel",
-            shape=kernel_shape,
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-        )
-        self.gate_bias = self.add_weight(
-            name="gate_bias",
-            shape=(channels,),
-            initializer=keras.initializers.Constant(self.transform_gate_bias),
-            regularizer=self.bias_regularizer,
-        )
+        self._add_highway_weights((*self.kernel_size, channels, channels), channels)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={self._channel_axis: channels})
 
-    def _conv(self, x, kernel, bias):
+    def _affine(self, x, kernel, bias):
         y = ops.conv(
             x,
             kernel,
@@ -353,28 +346,9 @@ class HighwayConv2D(keras.layers.Layer):
             bias = ops.reshape(bias, (1, -1, 1, 1))
         return y + bias
 
-    def call(self, inputs):
-        transformed = self.activation(self._conv(inputs, self.kernel, self.bias))
-        gate = ops.sigmoid(self._conv(inputs, self.gate_kernel, self.gate_bias))
-        return inputs + gate * (transformed - inputs)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "kernel_size": self.kernel_size,
-                "activation": keras.activations.serialize(self.activation),
-                "transform_gate_bias": self.transform_gate_bias,
-                "filters": self.filters,
-                "dilation_rate": self.dilation_rate,
-                "data_format": self.data_format,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-            }
+            config_entries(self, ("kernel_size", "filters", "dilation_rate", "data_format"))
         )
         return config

@@ -5,21 +5,18 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from kcnn.layers._pooling import BasePooling2D
 from kcnn.layers._utils import (
     check_positive_number,
-    conv_output_length,
     from_channels_last,
-    normalize_tuple,
     pool_windows,
-    standardize_data_format,
-    standardize_padding,
     to_channels_last,
     window_counts,
 )
 
 
 @keras.saving.register_keras_serializable(package="kcnn")
-class LpPooling2D(keras.layers.Layer):
+class LpPooling2D(BasePooling2D):
     """Lp pooling for 2D feature maps.
 
     Each window ``R`` is summarised by the power mean of its magnitudes:
@@ -54,7 +51,7 @@ class LpPooling2D(keras.layers.Layer):
         **kwargs: Base layer keyword arguments, such as ``name`` and ``dtype``.
 
     Call arguments:
-        inputs: A 4D tensor.
+        inputs: A 4D tensor; only the magnitudes ``|a|`` of its values count.
 
     Input shape:
         ``(batch, height, width, channels)`` for ``"channels_last"``,
@@ -91,36 +88,10 @@ class LpPooling2D(keras.layers.Layer):
         **kwargs,
     ):
         p = check_positive_number(p, "p", minimum=1.0, inclusive=True)
-        pool_size = normalize_tuple(pool_size, 2, "pool_size")
-        strides = pool_size if strides is None else normalize_tuple(strides, 2, "strides")
-        padding = standardize_padding(padding)
-        data_format = standardize_data_format(data_format)
-        super().__init__(**kwargs)
+        super().__init__(
+            pool_size=pool_size, strides=strides, padding=padding, data_format=data_format, **kwargs
+        )
         self.p = p
-        self.pool_size = pool_size
-        self.strides = strides
-        self.padding = padding
-        self.data_format = data_format
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-
-    def build(self, input_shape):
-        height, width = self._spatial(input_shape)
-        if self.padding == "valid":
-            for size, pool, name in (
-                (height, self.pool_size[0], "height"),
-                (width, self.pool_size[1], "width"),
-            ):
-                if size is not None and size < pool:
-                    raise ValueError(
-                        f"With padding='valid' the input {name} must be at least "
-                        f"the pool size {self.pool_size}. "
-                        f"Received: input_shape={tuple(input_shape)}"
-                    )
-
-    def _spatial(self, shape):
-        if self.data_format == "channels_first":
-            return shape[2], shape[3]
-        return shape[1], shape[2]
 
     def call(self, inputs):
         x = to_channels_last(inputs, self.data_format)
@@ -157,25 +128,9 @@ class LpPooling2D(keras.layers.Layer):
             return ops.sqrt(m)
         return ops.power(m, 1.0 / self.p)
 
-    def compute_output_shape(self, input_shape):
-        height, width = self._spatial(input_shape)
-        out_height = conv_output_length(height, self.pool_size[0], self.strides[0], self.padding)
-        out_width = conv_output_length(width, self.pool_size[1], self.strides[1], self.padding)
-        if self.data_format == "channels_first":
-            return (input_shape[0], input_shape[1], out_height, out_width)
-        return (input_shape[0], out_height, out_width, input_shape[3])
-
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "p": self.p,
-                "pool_size": self.pool_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-            }
-        )
+        config["p"] = self.p
         return config
 
 

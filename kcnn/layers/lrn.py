@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kcnn.layers._utils import check_positive_number
+from kcnn.layers._utils import check_positive_number, config_entries, known_size
 
 _ALPHA_MODES = ("sum", "mean")
 
@@ -125,12 +125,7 @@ class LocalResponseNormalization(keras.layers.Layer):
                 f"`axis` must name a non-batch axis of the rank-{rank} input "
                 f"(shape {tuple(input_shape)}). Received: axis={self.axis}"
             )
-        channels = input_shape[self.axis]
-        if channels is None:
-            raise ValueError(
-                "The channel axis of the input must have a known size. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
+        channels = known_size(input_shape, self.axis)
         self._channel_axis = self.axis % rank
         self._band = self._band_matrix(int(channels))
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={self.axis: channels})
@@ -179,13 +174,6 @@ class LocalResponseNormalization(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "size": self.size,
-                "bias": self.bias,
-                "alpha": self.alpha,
-                "beta": self.beta,
-                "alpha_mode": self.alpha_mode,
-                "axis": self.axis,
-            }
+            config_entries(self, ("size", "bias", "alpha", "beta", "alpha_mode", "axis"))
         )
         return config

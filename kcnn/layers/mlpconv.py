@@ -7,8 +7,12 @@ import numbers
 import keras
 
 from kcnn.layers._utils import (
-    conv_output_length,
-    fresh_initializer,
+    channel_axis,
+    check_bool,
+    config_entries,
+    conv2d_output_shape,
+    conv2d_sublayer,
+    known_size,
     normalize_tuple,
     standardize_data_format,
     standardize_padding,
@@ -56,7 +60,8 @@ class MLPConv2D(keras.layers.Layer):
 
     Call arguments:
         inputs: A 4D tensor.
-        training: Python boolean, passed to the batch normalization layers.
+        training: Python boolean, passed to the batch normalization layers
+            (only used with ``batch_norm=True``).
 
     Input shape:
         ``(batch, height, width, channels)`` for ``"channels_last"``,
@@ -107,8 +112,7 @@ class MLPConv2D(keras.layers.Layer):
         strides = normalize_tuple(strides, 2, "strides")
         padding = standardize_padding(padding)
         data_format = standardize_data_format(data_format)
-        if not isinstance(batch_norm, bool):
-            raise ValueError(f"`batch_norm` must be a boolean. Received: batch_norm={batch_norm!r}")
+        batch_norm = check_bool(batch_norm, "batch_norm")
         super().__init__(**kwargs)
         self.filters = [int(f) for f in filters]
         self.kernel_size = kernel_size
@@ -124,25 +128,18 @@ class MLPConv2D(keras.layers.Layer):
         self.norms = []
 
     def build(self, input_shape):
-        channel_axis = -1 if self.data_format == "channels_last" else 1
-        if input_shape[channel_axis] is None:
-            raise ValueError(
-                "The channel axis of the input must have a known size. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
+        axis = channel_axis(self.data_format)
+        known_size(input_shape, axis)
         shape = tuple(input_shape)
         for index, width in enumerate(self.filters):
             first = index == 0
-            conv = keras.layers.Conv2D(
+            conv = conv2d_sublayer(
+                self,
                 width,
                 self.kernel_size if first else 1,
                 strides=self.strides if first else 1,
                 padding=self.padding if first else "valid",
-                data_format=self.data_format,
                 use_bias=not self.batch_norm,
-                kernel_initializer=fresh_initializer(self.kernel_initializer),
-                kernel_regularizer=self.kernel_regularizer,
-                dtype=self.dtype_policy,
                 name=f"conv{index}",
             )
             conv.build(shape)
@@ -150,7 +147,7 @@ class MLPConv2D(keras.layers.Layer):
             self.convs.append(conv)
             if self.batch_norm:
                 norm = keras.layers.BatchNormalization(
-                    axis=channel_axis, dtype=self.dtype_policy, name=f"bn{index}"
+                    axis=axis, dtype=self.dtype_policy, name=f"bn{index}"
                 )
                 norm.build(shape)
                 self.norms.append(norm)
@@ -165,26 +162,17 @@ class MLPConv2D(keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        spatial = (2, 3) if self.data_format == "channels_first" else (1, 2)
-        shape = list(input_shape)
-        for axis, kernel, stride in zip(spatial, self.kernel_size, self.strides):
-            shape[axis] = conv_output_length(shape[axis], kernel, stride, self.padding)
-        shape[1 if self.data_format == "channels_first" else 3] = self.filters[-1]
-        return tuple(shape)
+        # The 1x1 convolutions keep the first convolution's spatial size.
+        return conv2d_output_shape(input_shape, self.filters[-1], self.kernel_size, self.strides,
+                                   self.padding, (1, 1), self.data_format)
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "filters": list(self.filters),
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "batch_norm": self.batch_norm,
-                "activation": keras.activations.serialize(self.activation),
-                "data_format": self.data_format,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            }
+            config_entries(
+                self,
+                ("filters", "kernel_size", "strides", "padding", "batch_norm", "activation",
+                 "data_format", "kernel_initializer", "kernel_regularizer"),
+            )
         )
         return config

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import numbers
-
 import keras
 from keras import ops
 
 from kcnn.layers._utils import (
+    channel_axis,
+    check_positive_int,
     check_positive_number,
-    conv_output_length,
-    fresh_initializer,
+    config_entries,
+    conv2d_output_shape,
+    conv2d_sublayer,
+    known_size,
     normalize_tuple,
     standardize_data_format,
 )
@@ -71,7 +73,8 @@ class ResidualBlock(keras.layers.Layer):
 
     Call arguments:
         inputs: A 4D tensor.
-        training: Python boolean, passed to the batch normalization layers.
+        training: Python boolean, passed to the batch normalization layers:
+            batch statistics (True) or their moving averages (False or None).
 
     Input shape:
         ``(batch, height, width, channels)`` for ``"channels_last"``,
@@ -107,8 +110,7 @@ class ResidualBlock(keras.layers.Layer):
         data_format=None,
         **kwargs,
     ):
-        if not isinstance(filters, numbers.Integral) or isinstance(filters, bool) or filters <= 0:
-            raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
+        filters = check_positive_int(filters, "filters")
         if kind not in _KINDS:
             raise ValueError(f"`kind` must be one of {_KINDS}. Received: kind={kind!r}")
         strides = normalize_tuple(strides, 2, "strides")
@@ -124,7 +126,7 @@ class ResidualBlock(keras.layers.Layer):
         bn_epsilon = check_positive_number(bn_epsilon, "bn_epsilon")
         data_format = standardize_data_format(data_format)
         super().__init__(**kwargs)
-        self.filters = int(filters)
+        self.filters = filters
         self.kind = kind
         self.strides = strides
         self.shortcut = shortcut
@@ -133,7 +135,7 @@ class ResidualBlock(keras.layers.Layer):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.data_format = data_format
-        self._channel_axis = -1 if data_format == "channels_last" else 1
+        self._channel_axis = channel_axis(data_format)
         self.out_channels = self.filters * (BOTTLENECK_EXPANSION if kind == "bottleneck" else 1)
         self.input_spec = keras.layers.InputSpec(ndim=4)
         self.convs = []
@@ -143,17 +145,8 @@ class ResidualBlock(keras.layers.Layer):
         self._shortcut_mode = None
 
     def _conv(self, filters, kernel_size, strides, name):
-        return keras.layers.Conv2D(
-            filters,
-            kernel_size,
-            strides=strides,
-            padding="same",
-            use_bias=False,
-            data_format=self.data_format,
-            kernel_initializer=fresh_initializer(self.kernel_initializer),
-            kernel_regularizer=self.kernel_regularizer,
-            dtype=self.dtype_policy,
-            name=name,
+        return conv2d_sublayer(
+            self, filters, kernel_size, strides=strides, padding="same", use_bias=False, name=name
         )
 
     def _norm(self, name):
@@ -166,12 +159,7 @@ class ResidualBlock(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        in_channels = input_shape[self._channel_axis]
-        if in_channels is None:
-            raise ValueError(
-                "The channel axis of the input must have a known size. "
-                f"Received: input_shape={tuple(input_shape)}"
-            )
+        in_channels = known_size(input_shape, self._channel_axis)
         if self.kind == "basic":
             plan = [(self.filters, 3, self.strides), (self.filters, 3, 1)]
         else:
@@ -237,26 +225,17 @@ class ResidualBlock(keras.layers.Layer):
         return ops.pad(x, pad) if extra else x
 
     def compute_output_shape(self, input_shape):
-        spatial = (2, 3) if self.data_format == "channels_first" else (1, 2)
-        shape = list(input_shape)
-        for axis, stride in zip(spatial, self.strides):
-            shape[axis] = conv_output_length(shape[axis], 3, stride, "same")
-        shape[self._channel_axis] = self.out_channels
-        return tuple(shape)
+        # Every convolution pads "same", so only the stride changes the spatial size.
+        return conv2d_output_shape(input_shape, self.out_channels, (3, 3), self.strides, "same",
+                                   (1, 1), self.data_format)
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            {
-                "filters": self.filters,
-                "kind": self.kind,
-                "strides": self.strides,
-                "shortcut": self.shortcut,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-                "bn_momentum": self.bn_momentum,
-                "bn_epsilon": self.bn_epsilon,
-                "data_format": self.data_format,
-            }
+            config_entries(
+                self,
+                ("filters", "kind", "strides", "shortcut", "kernel_initializer",
+                 "kernel_regularizer", "bn_momentum", "bn_epsilon", "data_format"),
+            )
         )
         return config

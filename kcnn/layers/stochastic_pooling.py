@@ -5,22 +5,15 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kcnn.layers._utils import (
-    conv_output_length,
-    from_channels_last,
-    normalize_tuple,
-    pool_windows,
-    standardize_data_format,
-    standardize_padding,
-    to_channels_last,
-)
+from kcnn.layers._pooling import BasePooling2D
+from kcnn.layers._utils import from_channels_last, pool_windows, to_channels_last
 
 # Below this, a pooling window's mean counts as zero (all its inputs are 0).
 _TINY = 1e-30
 
 
 @keras.saving.register_keras_serializable(package="kcnn")
-class StochasticPooling2D(keras.layers.Layer):
+class StochasticPooling2D(BasePooling2D):
     """Stochastic pooling for 2D feature maps.
 
     In training, each pooling window ``R`` outputs one of its activations,
@@ -50,19 +43,18 @@ class StochasticPooling2D(keras.layers.Layer):
     in float32 and the result is cast to the compute dtype.
 
     Args:
-        pool_size: Integer or tuple of 2 integers, the window size.
-            Defaults to ``(2, 2)``.
-        strides: Integer, tuple of 2 integers, or ``None`` (same as
-            ``pool_size``). Defaults to ``None``.
-        padding: ``"valid"`` or ``"same"`` (case-insensitive).
-            Defaults to ``"valid"``.
-        data_format: ``"channels_last"`` or ``"channels_first"``; ``None``
-            uses ``keras.config.image_data_format()``.
+        pool_size, strides, padding, data_format: The pooling windows, as
+            for ``AveragePooling2D``. ``pool_size``: an int or 2 ints,
+            default ``(2, 2)``. ``strides``: an int, 2 ints, or ``None`` (the
+            default: ``pool_size``). ``padding``: ``"valid"`` (the default)
+            or ``"same"``, case-insensitive. ``data_format``:
+            ``"channels_last"``, ``"channels_first"`` or ``None`` (the
+            default: ``keras.config.image_data_format()``).
         seed: Optional integer seed of the layer's random draws.
         **kwargs: Base layer keyword arguments, such as ``name`` and ``dtype``.
 
     Call arguments:
-        inputs: A 4D tensor.
+        inputs: A 4D tensor, meant to be non-negative (negatives count as 0).
         training: Python boolean: sample (``True``) or take the expectation
             (``False``, the default).
 
@@ -71,10 +63,10 @@ class StochasticPooling2D(keras.layers.Layer):
         ``(batch, channels, height, width)`` for ``"channels_first"``.
 
     Output shape:
-        ``(batch, out_height, out_width, channels)`` (channels last) or
-        ``(batch, channels, out_height, out_width)`` (channels first), with
-        ``out = floor((size - pool) / stride) + 1`` for ``"valid"`` and
-        ``out = ceil(size / stride)`` for ``"same"``.
+        That of ``AveragePooling2D`` with the same arguments: the channels
+        are kept, and each spatial size becomes
+        ``floor((size - pool) / stride) + 1`` (``"valid"``) or
+        ``ceil(size / stride)`` (``"same"``).
 
     Example:
 
@@ -97,39 +89,13 @@ class StochasticPooling2D(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        pool_size = normalize_tuple(pool_size, 2, "pool_size")
-        strides = pool_size if strides is None else normalize_tuple(strides, 2, "strides")
-        padding = standardize_padding(padding)
-        data_format = standardize_data_format(data_format)
+        super().__init__(
+            pool_size=pool_size, strides=strides, padding=padding, data_format=data_format, **kwargs
+        )
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ValueError(f"`seed` must be an integer or None. Received: seed={seed!r}")
-        super().__init__(**kwargs)
-        self.pool_size = pool_size
-        self.strides = strides
-        self.padding = padding
-        self.data_format = data_format
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.input_spec = keras.layers.InputSpec(ndim=4)
-
-    def build(self, input_shape):
-        height, width = self._spatial(input_shape)
-        if self.padding == "valid":
-            for size, pool, name in (
-                (height, self.pool_size[0], "height"),
-                (width, self.pool_size[1], "width"),
-            ):
-                if size is not None and size < pool:
-                    raise ValueError(
-                        f"With padding='valid' the input {name} must be at least "
-                        f"the pool size {self.pool_size}. "
-                        f"Received: input_shape={tuple(input_shape)}"
-                    )
-
-    def _spatial(self, shape):
-        if self.data_format == "channels_first":
-            return shape[2], shape[3]
-        return shape[1], shape[2]
 
     def call(self, inputs, training=False):
         x = to_channels_last(inputs, self.data_format)
@@ -188,23 +154,7 @@ class StochasticPooling2D(keras.layers.Layer):
             outputs = term if outputs is None else outputs + term
         return outputs
 
-    def compute_output_shape(self, input_shape):
-        height, width = self._spatial(input_shape)
-        out_height = conv_output_length(height, self.pool_size[0], self.strides[0], self.padding)
-        out_width = conv_output_length(width, self.pool_size[1], self.strides[1], self.padding)
-        if self.data_format == "channels_first":
-            return (input_shape[0], input_shape[1], out_height, out_width)
-        return (input_shape[0], out_height, out_width, input_shape[3])
-
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "pool_size": self.pool_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "data_format": self.data_format,
-                "seed": self.seed,
-            }
-        )
+        config["seed"] = self.seed
         return config

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from kcnn.errors import RecipeError
-from kcnn.registry import Registry
+from kcnn.losses.registry import LOSSES
 
-LOSSES: Registry[Any] = Registry("loss")
+__all__ = ["LOSSES", "cost_matrix_of", "make_loss"]
 
 
 def make_loss(config: Any, num_classes: int, class_counts=None, class_names=None,

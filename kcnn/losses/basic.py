@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kcnn.losses import LOSSES
+from kcnn.losses.registry import LOSSES
 
 
 def _one_hot(y_true, num_classes: int):

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from kcnn.losses import LOSSES
 from kcnn.losses.basic import _one_hot
+from kcnn.losses.registry import LOSSES
 
 
 def check_cost_matrix(matrix, num_classes: int) -> list[list[float]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kcnn.losses import LOSSES
 from kcnn.losses.basic import _one_hot, check_class_vector, per_class
+from kcnn.losses.registry import LOSSES
 
 
 @LOSSES.register("focal")

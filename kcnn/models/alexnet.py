@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from kcnn.errors import KcnnError
 from kcnn.models.common import (
     check_common,
-    classifier_head,
+    classifier_model,
     conv_bn_relu,
+    fc_widths,
     maybe_pool,
     model_inputs,
     scaled,
@@ -43,8 +44,6 @@ _CIFAR = [
 
 def _build(cfg, *, name, num_classes, input_shape, groups, lrn, width, fc_units, dropout,
            batch_norm, pooling, head, preprocessing):
-    import keras
-
     from kcnn.layers import LocalResponseNormalization
 
     check_common(pooling, head, dropout)
@@ -64,10 +63,8 @@ def _build(cfg, *, name, num_classes, input_shape, groups, lrn, width, fc_units,
                                            name=f"lrn{i}")(x)
         if pool:
             x = maybe_pool(x, pooling, 3, 2, name=f"pool{i}", padding="valid")
-    units = [fc_units] * 2 if isinstance(fc_units, int) else list(fc_units)
-    out = classifier_head(x, num_classes, head, fc_units=units, dropout=dropout,
-                          batch_norm=batch_norm)
-    return keras.Model(inputs, out, name=name)
+    return classifier_model(inputs, x, num_classes, head, name=name, fc_units=fc_widths(fc_units),
+                            dropout=dropout, batch_norm=batch_norm)
 
 
 @register_model

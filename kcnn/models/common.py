@@ -125,6 +125,22 @@ def logits(x, num_classes: int, name: str = "logits"):
     return keras.layers.Dense(num_classes, dtype="float32", name=name)(x)
 
 
+def fc_widths(fc_units: int | Sequence[int]) -> list[int]:
+    """The hidden FC widths: one int for two layers of that width (AlexNet, VGG), or a list."""
+    return [fc_units] * 2 if isinstance(fc_units, int) else list(fc_units)
+
+
+def classifier_model(inputs, x, num_classes: int, head: str, *, name: str,
+                     fc_units: Sequence[int] = (), dropout: float = 0.0,
+                     batch_norm: bool = False):
+    """``keras.Model`` from ``inputs`` to the :func:`classifier_head` on the feature map ``x``."""
+    import keras
+
+    out = classifier_head(x, num_classes, head, fc_units=fc_units, dropout=dropout,
+                          batch_norm=batch_norm)
+    return keras.Model(inputs, out, name=name)
+
+
 def classifier_head(x, num_classes: int, head: str, *, fc_units: Sequence[int] = (),
                     dropout: float = 0.0, batch_norm: bool = False):
     """Turn a feature map ``x`` (batch, h, w, c) into float32 logits (batch, num_classes).

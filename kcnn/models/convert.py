@@ -115,27 +115,19 @@ def fully_convolutional(model):
     return keras.Model(inputs, x, name=f"{model.name}_fcn")
 
 
-def convert_run(target: str | Path, out: str | Path | None = None) -> Path:
+def convert_run(target: str | Path, out: str | Path | None = None, force: bool = False) -> Path:
     """Convert a run's ``model.keras`` (or a ``.keras`` file); write ``model_fcn.keras``."""
     from kcnn.io import atomic_path
-    from kcnn.models.info import load_keras
+    from kcnn.saving import resolve
 
-    target = Path(target)
-    if target.is_dir():
-        from kcnn.engine.rundir import RunDir
-
-        run = RunDir.open(target)
-        if not run.model.is_file():
-            raise KcnnError(f"{target}: run has no model.keras yet")
-        source, default = run.model, run.path / "model_fcn.keras"
-    elif target.suffix == ".keras" and target.is_file():
-        source, default = target, target.with_name(f"{target.stem}_fcn.keras")
-    else:
-        raise KcnnError(f"{target}: expected a run directory or a .keras file")
-    converted = fully_convolutional(load_keras(source))
+    ref = resolve(target, kinds=("run", "keras"))
+    default = ref.model_path.with_name(f"{ref.model_path.stem}_fcn.keras")
     path = Path(out) if out else default
     if path.suffix != ".keras":
         raise KcnnError(f"--out: the file name must end in .keras (got {path})")
+    if path.exists() and not force:
+        raise KcnnError(f"{path}: already exists; pass --force to replace it")
+    converted = fully_convolutional(ref.load_model())
     with atomic_path(path) as tmp:
         converted.save(tmp)
     return path

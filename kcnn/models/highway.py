@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kcnn.errors import KcnnError
-from kcnn.models.common import check_common, classifier_head, conv_bn_relu, model_inputs, pool2d
+from kcnn.models.common import check_common, classifier_model, conv_bn_relu, model_inputs, pool2d
 from kcnn.models.registry import register_model
 
 
@@ -53,8 +53,6 @@ def highway_cifar(
     ``width`` is the first stage's width. ``batch_norm`` adds batch
     normalization after the plain convolutions.
     """
-    import keras
-
     from kcnn.layers import HighwayConv2D, highway_gate_bias
 
     check_common(pooling, head, dropout)
@@ -71,5 +69,5 @@ def highway_cifar(
         for i in range(1, count + 1):
             x = HighwayConv2D(3, activation="relu", transform_gate_bias=gate_bias,
                               kernel_initializer="he_normal", name=f"stage{s}_highway{i}")(x)
-    out = classifier_head(x, num_classes, head, fc_units=(), dropout=dropout)
-    return keras.Model(inputs, out, name=f"highway_cifar{depth}")
+    return classifier_model(inputs, x, num_classes, head, name=f"highway_cifar{depth}",
+                            dropout=dropout)

@@ -384,109 +384,22 @@ def format_table(info: ModelInfo) -> str:
 
 # ----------------------------------------------------------------------------- targets
 
-# Image shape and classes of the keras.datasets sources, known without downloading.
-KERAS_DATASETS = {
-    "cifar10": ((32, 32, 3), 10),
-    "cifar100": ((32, 32, 3), 100),
-    "mnist": ((28, 28, 1), 10),
-    "fashion_mnist": ((28, 28, 1), 10),
-}
-
-
 def recipe_shapes(recipe) -> tuple[tuple[int, ...], int]:
     """(input_shape, num_classes) of a recipe's model, without loading its images.
 
-    The model's own ``input_shape``/``num_classes`` win; otherwise they come
-    from the data source (digits and keras data sets by their known shapes, an
-    image folder by ``image_size``/``color_mode`` and its class folders, an npz
-    file by its array headers).
+    The model's own ``input_shape``/``num_classes`` win; otherwise the data source
+    tells them (:meth:`kcnn.data.sources.Source.shape`).
     """
+    from kcnn.data.sources import make_source
+
     kwargs = recipe.model.kwargs
-    src = recipe.data.source
     shape = kwargs.get("input_shape")
     classes = kwargs.get("num_classes") or recipe.data.num_classes
     if shape is None or classes is None:
-        src_shape, src_classes = _source_shapes(src, need_classes=classes is None,
-                                                regression=recipe.data.task == "regression")
+        src_shape, src_classes = make_source(recipe.data).shape(need_outputs=classes is None)
         shape = shape or src_shape
         classes = classes or src_classes
     return tuple(int(d) for d in shape), int(classes)
-
-
-def _source_shapes(src, need_classes: bool, regression: bool = False):
-    """(input shape, output width) of a source; the width is the number of classes, or of
-    targets under regression."""
-    from kcnn.errors import DataError
-
-    if src.type == "digits":
-        side = src.resize or 8
-        return (side, side, 1), 10
-    if src.type == "keras":
-        return KERAS_DATASETS[src.name]
-    if src.type == "directory":
-        shape = (*src.image_size, 3 if src.color_mode == "rgb" else 1)
-        if not need_classes:
-            return shape, None
-        root = Path(src.path)
-        if not root.is_dir():
-            raise DataError(f"data.source.path: image folder not found: {root} (set "
-                            f"data.num_classes or model.num_classes to analyse without it)")
-        base = root / "train" if (root / "train").is_dir() else root
-        classes = [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        return shape, len(classes)
-    if src.type == "npz":
-        return _npz_shapes(Path(src.path), need_classes, regression)
-    if src.type == "csv":
-        shape = (*src.image_size, 3 if src.color_mode == "rgb" else 1)
-        columns = [src.label_column] if isinstance(src.label_column, str) else src.label_column
-        if regression or not need_classes:
-            return shape, len(columns)
-        return shape, _csv_classes(Path(src.path), columns[0])
-    raise KcnnError(f"data.source: cannot tell the input shape of a {src.type!r} source")
-
-
-def _csv_classes(path: Path, column: str) -> int:
-    """Number of classes in a CSV's label column (integer labels: max + 1; names: distinct)."""
-    import csv
-
-    from kcnn.errors import DataError
-
-    if not path.is_file():
-        raise DataError(f"data.source.path: CSV file not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        values = [(row.get(column) or "").strip() for row in csv.DictReader(fh)]
-    try:
-        return max(int(v) for v in values) + 1
-    except ValueError:
-        return len(set(values))
-
-
-def _npz_shapes(path: Path, need_classes: bool, regression: bool = False):
-    import zipfile
-
-    import numpy as np
-
-    from kcnn.errors import DataError
-
-    if not path.is_file():
-        raise DataError(f"data.source.path: npz file not found: {path}")
-    with zipfile.ZipFile(path) as zf:
-        with zf.open("x.npy") as fh:
-            version = np.lib.format.read_magic(fh)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            shape, _, _ = read(fh)
-    shape = tuple(shape[1:]) if len(shape) == 4 else (*shape[1:], 1)
-    classes = None
-    if need_classes and regression:
-        with np.load(path) as data:
-            y = data["y"]
-            classes = 1 if y.ndim == 1 else int(y.shape[1])
-    elif need_classes:
-        with np.load(path) as data:
-            classes = int(max(int(data[k].max()) for k in ("y", "y_val", "y_test")
-                              if k in data.files)) + 1
-    return shape, classes
 
 
 def model_from_recipe(recipe):
@@ -507,19 +420,11 @@ def load_target(target: str, overrides: list[str] | None = None):
     """A Keras model from a run dir, a ``.keras`` file, a recipe or a registered model name."""
     from kcnn import models
     from kcnn.recipes.load import resolve_path
+    from kcnn.saving import resolve
 
     path = Path(target)
-    if path.is_dir():
-        from kcnn.engine.rundir import RunDir
-
-        run = RunDir.open(path)
-        if not run.model.is_file():
-            raise KcnnError(f"{target}: run has no model.keras yet")
-        return load_keras(run.model)
-    if path.suffix == ".keras":
-        if not path.is_file():
-            raise KcnnError(f"{target}: model file not found")
-        return load_keras(path)
+    if path.is_dir() or path.suffix == ".keras":
+        return resolve(target, kinds=("run", "keras")).load_model()
     recipe_path = resolve_path(target)
     if recipe_path.suffix in (".yaml", ".yml") or recipe_path.is_file():
         from kcnn.recipes import load
@@ -531,20 +436,3 @@ def load_target(target: str, overrides: list[str] | None = None):
 
     raise KcnnError(f"{target}: not a run directory, .keras file, recipe or model name"
                     f"{did_you_mean(target, models.list_models())}")
-
-
-def load_keras(path: Path):
-    """Load a ``.keras`` file that may use kcnn's layers and losses."""
-    import keras
-
-    import kcnn.layers  # noqa: F401  (registers the custom layers)
-
-    try:
-        import kcnn.engine.optim  # noqa: F401
-        import kcnn.losses  # noqa: F401
-    except ImportError:  # pragma: no cover - optional pieces
-        pass
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:
-        raise KcnnError(f"{path}: cannot load Keras model ({type(err).__name__}: {err})") from None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kcnn.models.common import check_common, classifier_head, model_inputs, pool2d, scaled
+from kcnn.models.common import check_common, classifier_model, model_inputs, pool2d, scaled
 from kcnn.models.registry import register_model
 
 BLOCKS = ((5, (192, 160, 96)), (5, (192, 192, 192)), (3, (192, 192)))
@@ -53,5 +53,4 @@ def nin_cifar(
             if dropout:
                 x = keras.layers.Dropout(dropout, name=f"dropout{b}")(x)
     # The third block's last 1×1 convolution to the classes is the `gap` head's.
-    out = classifier_head(x, num_classes, head, fc_units=(), dropout=0.0)
-    return keras.Model(inputs, out, name="nin_cifar")
+    return classifier_model(inputs, x, num_classes, head, name="nin_cifar")

@@ -69,3 +69,10 @@ def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     hook = getattr(MODELS.get(name), "check_kwargs", None)
     if hook is not None:
         hook(kwargs)
+
+
+def register_variant(builder, name: str, doc: str):
+    """Register ``builder`` (made by a family's entrypoint factory) as ``name`` with ``doc``."""
+    builder.__name__ = builder.__qualname__ = name
+    builder.__doc__ = doc
+    return register_model(builder)

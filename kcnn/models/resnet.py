@@ -27,13 +27,13 @@ from kcnn.errors import KcnnError
 from kcnn.models.common import (
     check_choice,
     check_common,
-    classifier_head,
+    classifier_model,
     conv_bn_relu,
     model_inputs,
     pool2d,
     scaled,
 )
-from kcnn.models.registry import register_model
+from kcnn.models.registry import register_variant
 
 SHORTCUTS = ("auto", "projection", "zero_pad")
 
@@ -58,8 +58,6 @@ def _check(batch_norm, shortcut, pooling, head, dropout):
 
 def _imagenet(name, layers, kind, *, num_classes, input_shape, width, shortcut, dropout,
               batch_norm, pooling, head, preprocessing):
-    import keras
-
     _check(batch_norm, shortcut, pooling, head, dropout)
     base = scaled(64, width)
     inputs, x = model_inputs(input_shape, preprocessing)
@@ -67,14 +65,11 @@ def _imagenet(name, layers, kind, *, num_classes, input_shape, width, shortcut, 
     x = pool2d(pooling, 3, 2, name="pool1", padding="same")(x)
     plan = [(base * 2**i, n, 1 if i == 0 else 2) for i, n in enumerate(layers)]
     x = _blocks(x, plan, kind=kind, shortcut=shortcut)
-    out = classifier_head(x, num_classes, head, fc_units=(), dropout=dropout)
-    return keras.Model(inputs, out, name=name)
+    return classifier_model(inputs, x, num_classes, head, name=name, dropout=dropout)
 
 
 def _cifar(depth, *, num_classes, input_shape, width, shortcut, dropout, batch_norm, pooling,
            head, preprocessing):
-    import keras
-
     _check(batch_norm, shortcut, pooling, head, dropout)
     n = (depth - 2) // 6
     base = int(width)
@@ -82,8 +77,7 @@ def _cifar(depth, *, num_classes, input_shape, width, shortcut, dropout, batch_n
     x = conv_bn_relu(x, base, 3, batch_norm=True, name="conv1")
     x = _blocks(x, [(base, n, 1), (2 * base, n, 2), (4 * base, n, 2)], kind="basic",
                 shortcut=shortcut)
-    out = classifier_head(x, num_classes, head, fc_units=(), dropout=dropout)
-    return keras.Model(inputs, out, name=f"resnet{depth}")
+    return classifier_model(inputs, x, num_classes, head, name=f"resnet{depth}", dropout=dropout)
 
 
 _IMAGENET_DOC = """ResNet-{depth} for ImageNet-sized inputs ({kind} blocks {layers}).
@@ -120,9 +114,8 @@ def _imagenet_entry(depth: int, layers: tuple[int, ...], kind: str):
                          dropout=dropout, batch_norm=batch_norm, pooling=pooling, head=head,
                          preprocessing=preprocessing)
 
-    builder.__name__ = builder.__qualname__ = f"resnet{depth}"
-    builder.__doc__ = _IMAGENET_DOC.format(depth=depth, kind=kind, layers="-".join(map(str, layers)))
-    return register_model(builder)
+    doc = _IMAGENET_DOC.format(depth=depth, kind=kind, layers="-".join(map(str, layers)))
+    return register_variant(builder, f"resnet{depth}", doc)
 
 
 def _cifar_entry(depth: int):
@@ -141,9 +134,8 @@ def _cifar_entry(depth: int):
                       shortcut=shortcut, dropout=dropout, batch_norm=batch_norm,
                       pooling=pooling, head=head, preprocessing=preprocessing)
 
-    builder.__name__ = builder.__qualname__ = f"resnet{depth}"
-    builder.__doc__ = _CIFAR_DOC.format(depth=depth, n=(depth - 2) // 6)
-    return register_model(builder)
+    doc = _CIFAR_DOC.format(depth=depth, n=(depth - 2) // 6)
+    return register_variant(builder, f"resnet{depth}", doc)
 
 
 resnet18 = _imagenet_entry(18, (2, 2, 2, 2), "basic")

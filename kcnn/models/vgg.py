@@ -14,13 +14,14 @@ from collections.abc import Sequence
 
 from kcnn.models.common import (
     check_common,
-    classifier_head,
+    classifier_model,
     conv_bn_relu,
+    fc_widths,
     maybe_pool,
     model_inputs,
     scaled,
 )
-from kcnn.models.registry import register_model
+from kcnn.models.registry import register_variant
 
 STAGE_WIDTHS = (64, 128, 256, 512, 512)
 CONVS_PER_STAGE = {
@@ -33,8 +34,6 @@ CONVS_PER_STAGE = {
 
 def _build(depth, *, num_classes, input_shape, width, fc_units, dropout, batch_norm, pooling,
            head, preprocessing):
-    import keras
-
     check_common(pooling, head, dropout)
     inputs, x = model_inputs(input_shape, preprocessing)
     for s, (filters, n) in enumerate(zip(STAGE_WIDTHS, CONVS_PER_STAGE[depth]), start=1):
@@ -42,11 +41,9 @@ def _build(depth, *, num_classes, input_shape, width, fc_units, dropout, batch_n
             x = conv_bn_relu(x, scaled(filters, width), 3, batch_norm=batch_norm,
                              name=f"conv{s}_{i}", kernel_initializer="glorot_uniform")
         x = maybe_pool(x, pooling, 2, 2, name=f"pool{s}", padding="valid")
-    units = [fc_units] * 2 if isinstance(fc_units, int) else list(fc_units)
-    out = classifier_head(x, num_classes, head, fc_units=units, dropout=dropout,
-                          batch_norm=False)
     name = f"vgg{depth}" + ("_bn" if batch_norm else "")
-    return keras.Model(inputs, out, name=name)
+    return classifier_model(inputs, x, num_classes, head, name=name, fc_units=fc_widths(fc_units),
+                            dropout=dropout, batch_norm=False)
 
 
 _DOC = """VGG-{depth} (configuration {cfg}){bn}.
@@ -74,10 +71,9 @@ def _entrypoint(depth: int, bn: bool):
                       fc_units=fc_units, dropout=dropout, batch_norm=batch_norm,
                       pooling=pooling, head=head, preprocessing=preprocessing)
 
-    builder.__name__ = builder.__qualname__ = f"vgg{depth}" + ("_bn" if bn else "")
-    builder.__doc__ = _DOC.format(depth=depth, cfg="ABDE"[[11, 13, 16, 19].index(depth)],
-                                  bn=" with batch normalization" if bn else "")
-    return register_model(builder)
+    doc = _DOC.format(depth=depth, cfg="ABDE"[[11, 13, 16, 19].index(depth)],
+                      bn=" with batch normalization" if bn else "")
+    return register_variant(builder, f"vgg{depth}" + ("_bn" if bn else ""), doc)
 
 
 vgg11 = _entrypoint(11, False)

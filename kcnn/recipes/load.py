@@ -1,7 +1,11 @@
-"""Recipe loading: YAML (safe_load) → ``extends`` merge → ``--set`` overrides → Recipe.
+"""Recipe loading: strict YAML → ``extends`` merge → ``--set`` overrides → Recipe.
 
 Every problem becomes a :class:`~kcnn.errors.RecipeError` whose lines read
-``recipes/x.yaml: train.optimizer.lr: must be > 0 (got -1)``.
+``recipes/x.yaml: train.optimizer.lr: must be > 0 (got -1)``; a problem with a
+value that a ``--set`` item gave is blamed on it:
+``--set train.optimizer.lr=-1: train.optimizer.lr: must be > 0 (got -1)``.
+YAML is read by :mod:`kcnn.recipes.yamlio` (duplicate keys, alias bombs and
+binary files are refused).
 
 No TensorFlow or Keras import happens here.
 """
@@ -9,6 +13,8 @@ No TensorFlow or Keras import happens here.
 from __future__ import annotations
 
 import copy
+import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -19,56 +25,65 @@ from pydantic import BaseModel, ValidationError
 
 from kcnn.errors import RecipeError
 from kcnn.recipes import schema as S
+from kcnn.recipes import yamlio
 from kcnn.registry import did_you_mean
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 # ----------------------------------------------------------------------------- YAML
-def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise RecipeError("file not found" if not path.exists() else "not a file", file=shown)
-    text = path.read_text(encoding="utf-8")
-    return _parse_yaml(text, shown)
-
-
-def _parse_yaml(text: str, shown: str) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as err:
-        tag = err.problem.split("tag", 1)[-1].strip(" '") if err.problem else "?"
-        line = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
-        raise RecipeError(
-            f"{line}unsafe or unknown YAML tag {tag!r} refused (recipes are read with safe_load)",
-            file=shown,
-        ) from None
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise RecipeError(f"{where}YAML syntax error: {err.problem or err}", file=shown) from None
-    except yaml.YAMLError as err:
-        raise RecipeError(f"YAML error: {err}", file=shown) from None
+def _mapping(data: Any, shown: str) -> dict[str, Any]:
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
         raise RecipeError(f"a recipe must be a mapping (got {type(data).__name__})", file=shown)
     return data
 
 
+def _read_yaml(path: Path, shown: str) -> dict[str, Any]:
+    """A recipe file through the strict reader (:mod:`kcnn.recipes.yamlio`)."""
+    return _mapping(yamlio.read(path, shown), shown)
+
+
+def _parse_yaml(text: str, shown: str) -> dict[str, Any]:
+    return _mapping(yamlio.parse(text, shown), shown)
+
+
 # ----------------------------------------------------------------------------- merging
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _selector(at: tuple[str, ...], section: dict[str, Any]) -> tuple[str, Any]:
+    """The key that says what kind of thing a section is, and its value (or None).
+
+    ``model`` is selected by ``name`` (a ``layers:`` list without a name means the
+    ``layers`` builder); every other section by ``type``.
+    """
+    if at == ("model",):
+        return "name", section.get("name", "layers" if "layers" in section else None)
+    return "type", section.get("type")
+
+
+def _selects_other(at: tuple[str, ...], old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when ``new`` names a different kind than ``old`` (so it replaces ``old``)."""
+    key, before = _selector(at, old)
+    return key in new and before is not None and new[key] != before
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any], _at: tuple[str, ...] = ()) -> dict[str, Any]:
     """Merge ``over`` into a copy of ``base``: mappings merge key by key, anything
-    else is replaced. A mapping whose ``type`` differs from the base's replaces it
-    whole (``adam`` options make no sense for ``sgd``)."""
+    else is replaced.
+
+    A section that names a different kind than the base's replaces the base's
+    section whole instead of merging into it: a different ``type`` (``adam``
+    options make no sense for ``sgd``), and a different ``model.name`` (the base
+    model's architecture arguments, ``filters`` say, mean nothing to another
+    builder; ``model.init`` goes too, as a warm start from the old architecture
+    rarely fits the new one). Repeat what you want to keep.
+    """
     out = copy.deepcopy(base)
     for key, value in over.items():
         old = out.get(key)
-        if (
-            isinstance(old, dict)
-            and isinstance(value, dict)
-            and not ("type" in value and "type" in old and value["type"] != old["type"])
-        ):
-            out[key] = deep_merge(old, value)
+        at = (*_at, str(key))
+        if isinstance(old, dict) and isinstance(value, dict) and not _selects_other(at, old, value):
+            out[key] = deep_merge(old, value, at)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -112,18 +127,30 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise RecipeError(f"expected key.path=value (got {item!r})", file="--set")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise RecipeError(f"value is not valid YAML: {err}", file="--set", key=key) from None
+    value = yamlio.parse(raw, f"--set {item.strip()}") if raw.strip() else None
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict, list[str]]:
+def _under(key: str, section: str) -> bool:
+    """``key`` is ``section`` or inside it (dotted paths; ``""`` is the whole recipe)."""
+    return not section or key == section or key.startswith(section + ".")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict, dict[str, str]]:
+    """Apply ``--set KEY=VALUE`` items left to right.
+
+    Returns the new dict and, for blame, the dotted keys the overrides set, each
+    mapped to its ``KEY=VALUE`` text. Setting a section's selector to a different
+    kind (``train.optimizer.type=sgd``, ``model.name=resnet20``) replaces that
+    section as a different kind does under ``extends`` (see :func:`deep_merge`);
+    values earlier ``--set`` items put into it are kept.
+    """
     data = copy.deepcopy(data)
-    keys = []
+    set_keys: dict[str, str] = {}
     for item in overrides:
         path, value = parse_override(item)
+        shown = f"--set {item.strip()}"
+        key = ".".join(path)
         node = data
         for i, part in enumerate(path[:-1]):
             nxt = node.get(part)
@@ -132,16 +159,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict, l
             elif not isinstance(nxt, dict):
                 raise RecipeError(
                     f"{'.'.join(path[: i + 1])} is not a section (it is {nxt!r})",
-                    file="--set",
-                    key=".".join(path),
+                    file=shown,
+                    key=key,
                 )
             node = nxt
-        if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
-            node[path[-1]] = deep_merge(node[path[-1]], value)
+        parent, last = tuple(path[:-1]), path[-1]
+        old = node.get(last)
+        if isinstance(value, dict) and isinstance(old, dict) and not _selects_other(tuple(path), old, value):
+            node[last] = deep_merge(old, value, tuple(path))
+        elif parent and _selector(parent, node)[0] == last and _selects_other(parent, node, {last: value}):
+            section = ".".join(parent)
+            kept = {k: v for k, v in node.items()
+                    if any(_under(f"{section}.{k}", s) or _under(s, f"{section}.{k}") for s in set_keys)}
+            node.clear()
+            node.update(kept)
+            node[last] = value
+            set_keys.setdefault(section, item.strip())
         else:
-            node[path[-1]] = value
-        keys.append(".".join(path))
-    return data, keys
+            node[last] = value
+        set_keys[key] = item.strip()
+    return data, set_keys
+
+
+def _origin(key: str, file: str, set_keys: dict[str, str] | list[str]) -> str:
+    """Who to blame for a problem at dotted ``key``: the ``--set`` item that set it
+    (or the section around it), else the recipe file."""
+    items = set_keys if isinstance(set_keys, dict) else {k: k for k in set_keys}
+    best = max((k for k in items if _under(key, k)), key=len, default=None)
+    if best is None and key:  # a problem with a section that a --set item went into
+        best = next((k for k in items if k.startswith(key + ".")), None)
+    if best is None:
+        return file
+    return f"--set {items[best]}" if "=" in items[best] else "--set"
 
 
 # ----------------------------------------------------------------------------- errors
@@ -238,14 +287,12 @@ def _message(err: dict[str, Any], parts: list[str], owner: type[BaseModel] | Non
     return msg[0].lower() + msg[1:] + got
 
 
-def _validation_error(exc: ValidationError, data: dict, file: str, set_keys: list[str]):
+def _validation_error(exc: ValidationError, data: dict, file: str, set_keys: dict[str, str]):
     lines = []
     for err in exc.errors():
         parts, owner = _clean_loc(err["loc"], data)
         key = ".".join(parts)
-        origin = file
-        if any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in set_keys):
-            origin = "--set"
+        origin = _origin(key, file, set_keys)
         lines.append(str(RecipeError(_message(err, parts, owner), file=origin, key=key or None)))
     return RecipeError("\n".join(lines))
 
@@ -315,26 +362,68 @@ def resolve_path(path: str | Path) -> Path:
     return p
 
 
-def load_dict(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, list[str]]:
-    """The merged, overridden recipe as a plain dict (not yet validated)."""
-    data = _resolve_extends(resolve_path(path))
+def bundled_names() -> list[str]:
+    """Names of the bundled recipes (``kcnn train NAME`` finds them)."""
+    return sorted(f.stem for f in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+
+
+def _check_found(given: str | Path, path: Path) -> None:
+    """A bare name that is neither a file nor a bundled recipe: say so, with close names."""
+    if path.exists() or Path(given).name != str(given):
+        return
+    suffixed = Path(given).suffix in (".yaml", ".yml")
+    stem = Path(given).stem if suffixed else str(given)
+    close = difflib.get_close_matches(stem, bundled_names(), n=3, cutoff=0.6)
+    names = " or ".join(repr(c) for c in close)
+    if suffixed:
+        hint = f"; did you mean the bundled recipe {names}?" if close else ""
+        raise RecipeError(f"file not found{hint}", file=str(given))
+    if not Path(given).suffix:
+        hint = f"; did you mean {names}?" if close else ""
+        raise RecipeError(f"no such recipe file or bundled recipe{hint}", file=str(given))
+
+
+def load_dict(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, dict[str, str]]:
+    """The merged, overridden recipe as a plain dict (not yet validated), and the
+    keys ``--set`` gave (key → ``KEY=VALUE``)."""
+    resolved = resolve_path(path)
+    _check_found(path, resolved)
+    data = _resolve_extends(resolved)
     return apply_overrides(data, list(overrides or []))
 
 
-def from_dict(data: dict[str, Any], file: str = "<recipe>", set_keys: list[str] = ()) -> S.Recipe:
+_LEADING_KEY = re.compile(r"^((?:model|data|train)(?:\.[A-Za-z0-9_\[\]]+)*): ")
+
+
+def from_dict(
+    data: dict[str, Any], file: str = "<recipe>", set_keys: dict[str, str] | list[str] = ()
+) -> S.Recipe:
+    """Validate a merged recipe dict. ``set_keys``: keys given by ``--set`` (a list,
+    or key → ``KEY=VALUE`` text), so their problems are blamed on ``--set``."""
+    set_keys = set_keys if isinstance(set_keys, dict) else {k: k for k in set_keys}
     try:
         recipe = S.Recipe.model_validate(data)
     except ValidationError as exc:
-        raise _validation_error(exc, data, file, list(set_keys)) from None
-    check_model(recipe, file)
-    check_task(recipe, file)
+        raise _validation_error(exc, data, file, set_keys) from None
+    try:
+        check_model(recipe, file)
+        check_task(recipe, file)
+    except RecipeError as err:
+        key = err.key
+        if key is None:  # "model.layers: ..." messages from the model registry
+            m = _LEADING_KEY.match(err.message)
+            key = m.group(1) if m else None
+        origin = _origin(key, file, set_keys) if key else file
+        if origin == file:
+            raise
+        raise RecipeError(err.message, file=origin, key=err.key) from None
     return recipe
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> S.Recipe:
     """Read, merge, override and validate a recipe file."""
-    path = resolve_path(path)
     data, set_keys = load_dict(path, overrides)
+    path = resolve_path(path)
     _absolute_data_path(data, path.resolve().parent)
     return from_dict(data, _shown(path), set_keys)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import re
+import types
+import typing
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
@@ -18,9 +20,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+
+from kcnn import choices
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -53,6 +58,11 @@ class NpzSource(Strict):
     path: str
 
 
+OnBadImage = Annotated[Literal["error", "skip"], Field(description=(
+    "A file that is not a readable image: error (stop before training, naming it) or skip "
+    "(leave it out; the run dir lists it in skipped_images.txt)."))]
+
+
 class DirectorySource(Strict):
     """One sub-folder per class (``root/<class>/*.png``); ``train/``, ``val/``, ``test/``
     sub-folders, when present, give the folder's own split."""
@@ -61,6 +71,7 @@ class DirectorySource(Strict):
     path: str
     image_size: tuple[PositiveInt, PositiveInt] = (64, 64)
     color_mode: Literal["rgb", "grayscale"] = "rgb"
+    on_bad_image: OnBadImage = "error"
 
 
 class KerasSource(Strict):
@@ -94,6 +105,7 @@ class CsvSource(Strict):
     root: str | None = Field(None, description="Folder image paths are relative to (default: the CSV's).")
     image_size: tuple[PositiveInt, PositiveInt] = (64, 64)
     color_mode: Literal["rgb", "grayscale"] = "rgb"
+    on_bad_image: OnBadImage = "error"
 
 
 Source = Annotated[
@@ -114,21 +126,40 @@ class Split(Strict):
     seed: int = 0
 
 
+FRACTION_PATTERN = r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*/\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*$"
+
+
 def _parse_fraction(value: Any) -> Any:
+    """``"1/255"`` → 1/255; anything else is left for the field's own validation."""
     if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9.]+)\s*/\s*([0-9.]+)\s*", value)
-        if m and float(m.group(2)) != 0:
-            return float(m.group(1)) / float(m.group(2))
+        m = re.fullmatch(FRACTION_PATTERN, value)
+        if m and float(m.group(3)) != 0:
+            return float(m.group(1)) / float(m.group(3))
     return value
+
+
+# A positive number, or a fraction written as text ("1/255"): what the loader accepts.
+Rescale = Annotated[
+    PositiveFloat,
+    WithJsonSchema({
+        "anyOf": [
+            {"type": "number", "exclusiveMinimum": 0},
+            {"type": "string", "pattern": FRACTION_PATTERN, "description": "A fraction, e.g. 1/255."},
+        ]
+    }),
+]
 
 
 class Preprocess(Strict):
     """Baked into the model's first layers, so exports take raw pixels."""
 
-    rescale: PositiveFloat | None = Field(None, description="Multiply pixels by this, e.g. 1/255.")
+    rescale: Rescale | None = Field(None, description="Multiply pixels by this, e.g. 1/255.")
     standardize: bool = Field(
         True, description="Per-channel mean/std, computed on the training split only."
     )
+    stats_samples: PositiveInt = Field(10_000, description=(
+        "standardize: the statistics come from at most this many training images "
+        "(a fixed seeded sample when the split is larger)."))
 
     _fraction = field_validator("rescale", mode="before")(_parse_fraction)
 
@@ -244,6 +275,12 @@ class Data(Strict):
     preprocess: Preprocess = Preprocess()
     augment: Augment = Augment()
     sampler: Sampler = ShuffleSampler(type="shuffle")
+    cache: Literal["none", "memory", "disk"] = Field("none", description=(
+        "Decoded images of file-backed sources (directory, csv): none = decode every epoch "
+        "(flat memory), memory = decode once into RAM, disk = decode once into a cache file "
+        "reused across epochs and runs."))
+    cache_dir: str | None = Field(None, description=(
+        "Folder of the disk cache (default: $KCNN_CACHE_DIR, else ~/.cache/kcnn)."))
     classes: list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="Keep only these classes (relabelled 0..k-1 in this order), in every split."
     )
@@ -280,14 +317,26 @@ class WarmStart(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
 
 
+def _name_or_layers(schema: dict[str, Any]) -> None:
+    """JSON Schema: ``name`` is required unless ``layers`` is given (the loader implies it)."""
+    schema["required"] = [r for r in schema.get("required", []) if r != "name"]
+    if not schema["required"]:
+        del schema["required"]
+    schema["anyOf"] = [{"required": ["name"]}, {"required": ["layers"]}]
+
+
 class ModelSpec(BaseModel):
     """``name`` picks a registered builder; every other key is passed to it.
 
     ``num_classes`` and ``input_shape`` default to the data's. A model given as
     ``layers: [...]`` without a ``name`` uses the ``layers`` builder.
+
+    Under ``extends`` and ``--set``, a different ``name`` replaces the base's whole
+    ``model`` section (its architecture arguments and ``init``) instead of merging
+    into it, as a different ``type`` does for typed sections.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_name_or_layers)
 
     name: str
     init: WarmStart | None = Field(None, description="Warm start from a trained model.")
@@ -462,23 +511,49 @@ class CrossEntropyLoss(Strict):
         return _check_beta(self, self.class_weights)
 
 
-def _read_cost_csv(path: str) -> list[list[float]]:
-    import csv
-    from pathlib import Path
+MAX_COST_CSV_BYTES = 16 << 20  # a 1000-class matrix is about 5 MB of text
 
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ValueError(f"cost matrix file not found: {path}")
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_cost_csv(path: str) -> list[list[float]]:
+    """The rows of a cost-matrix CSV (``#`` lines are comments). Every problem is a
+    one-line ValueError naming the file; pydantic reports it at ``train.loss.matrix``."""
+    import csv
+    import io
+
+    from kcnn.errors import RecipeError
+    from kcnn.recipes.yamlio import read_text
+
+    try:
+        text = read_text(path, path, max_bytes=MAX_COST_CSV_BYTES)
+    except RecipeError as err:
+        if err.message == "file not found":
+            raise ValueError(f"cost matrix file not found: {path}") from None
+        raise ValueError(f"cost matrix file {path}: {err.message}") from None
     rows = []
-    with p.open(newline="", encoding="utf-8") as fh:
-        for row in csv.reader(fh):
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
             cells = [c.strip() for c in row if c.strip()]
             if not cells or cells[0].startswith("#"):
                 continue
             try:
                 rows.append([float(c) for c in cells])
             except ValueError:
-                raise ValueError(f"{path}: non-numeric cell in row {len(rows) + 1}: {row}") from None
+                bad = next(c for c in cells if not _is_float(c))
+                raise ValueError(
+                    f"{path}: line {reader.line_num}: non-numeric cell {bad[:40]!r} "
+                    f"in row {len(rows) + 1}"
+                ) from None
+    except csv.Error as err:
+        raise ValueError(f"{path}: line {reader.line_num}: not a valid CSV file ({err})") from None
     return rows
 
 
@@ -627,13 +702,13 @@ class Train(Strict):
 
 # ----------------------------------------------------------------------------- evaluate / export
 class Evaluate(Strict):
-    split: Literal["train", "val", "test"] = "test"
+    split: choices.Split = "test"
     plots: bool = True
 
 
 class Export(Strict):
-    format: Literal["tflite", "saved_model", "keras"] = "tflite"
-    quantize: Literal["none", "dynamic", "float16", "int8", "int16x8"] = "none"
+    format: choices.ExportFormat = "tflite"
+    quantize: choices.QuantizeMode = "none"
     calibration: PositiveInt = 200
 
 
@@ -645,7 +720,7 @@ class Distribute(Strict):
     divide by their number). ``multi_worker`` reads the cluster from ``TF_CONFIG``.
     """
 
-    strategy: Literal["none", "mirrored", "multi_worker", "tpu"] = "none"
+    strategy: choices.Strategy = "none"
     devices: list[str] | None = Field(
         None, description="mirrored: devices to use, e.g. ['/gpu:0', '/gpu:1'] (default: all GPUs, else the CPU)."
     )
@@ -762,24 +837,124 @@ SECTION_KINDS = {
 }
 
 
-def type_names(union: Any) -> list[str]:
-    """The ``type`` tags of a discriminated union, e.g. ``type_names(Optimizer)``."""
-    inner = union.__origin__ if hasattr(union, "__metadata__") else union
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The members of a (possibly Annotated, possibly Optional) union, or the annotation."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return tuple(a for a in typing.get_args(annotation) if a is not type(None))
+    return (annotation,)
+
+
+def _literals(annotation: Any) -> tuple[Any, ...]:
+    """The values of a ``Literal`` annotation (through Annotated/Optional/unions of Literals)."""
+    values: list[Any] = []
+    for member in _members(annotation):
+        if typing.get_origin(member) is Literal:
+            values.extend(v for v in typing.get_args(member) if v not in values)
+    return tuple(values)
+
+
+def type_names(section: Any) -> tuple[str, ...]:
+    """The ``type`` names a typed section accepts, in declaration order — the one
+    source of truth for registries and the CLI.
+
+    ``section`` is a discriminated union (``Optimizer``, ``Schedule``, ``Sampler``,
+    ``Loss``, ``Source``) or one model class with a ``type`` field::
+
+        >>> type_names(Schedule)
+        ('constant', 'step', 'exponential', 'cosine')
+        >>> type_names(SquaredErrorLoss)
+        ('mse', 'l2')
+
+    For plain ``Literal`` fields (``Distribute.strategy``, ``Export.quantize``) use
+    :func:`literal_values`.
+    """
     names: list[str] = []
-    for cls in inner.__args__:
-        names.extend(cls.model_fields["type"].annotation.__args__)
-    return names
+    for cls in _members(section):
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel) and "type" in cls.model_fields):
+            raise TypeError(f"{cls!r} is not a section chosen by a 'type' key")
+        names.extend(n for n in _literals(cls.model_fields["type"].annotation) if n not in names)
+    return tuple(names)
+
+
+def literal_values(model: type[BaseModel], field: str) -> tuple[Any, ...]:
+    """The allowed values of a ``Literal`` field, e.g. ``literal_values(Export, "quantize")``
+    → ``('none', 'dynamic', 'float16', 'int8', 'int16x8')``."""
+    if field not in model.model_fields:
+        raise KeyError(f"{model.__name__} has no field {field!r}")
+    values = _literals(model.model_fields[field].annotation)
+    if not values:
+        raise TypeError(f"{model.__name__}.{field} is not a Literal field")
+    return values
+
+
+# ----------------------------------------------------------------------------- JSON Schema
+_DEFS = "#/$defs/"
+_PARTIAL = "Partial"
+
+
+def _partial(node: Any, keyword: bool = True) -> Any:
+    """A relaxed copy of a JSON Schema fragment: nothing is required, and a typed
+    section may leave out its ``type`` (it comes from the base recipe), so ``oneOf``
+    becomes ``anyOf``. References point at the relaxed definitions."""
+    if isinstance(node, list):
+        return [_partial(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if not keyword:  # the keys of "properties"/"$defs" are names, not keywords
+        return {k: _partial(v) for k, v in node.items()}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        if k in ("required", "discriminator"):
+            continue
+        if k == "$ref" and isinstance(v, str) and v.startswith(_DEFS):
+            out[k] = _DEFS + _PARTIAL + v[len(_DEFS):]
+        elif k in ("properties", "patternProperties", "$defs"):
+            out[k] = _partial(v, keyword=False)
+        else:
+            out["anyOf" if k == "oneOf" else k] = _partial(v)
+    return out
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON Schema for recipe files (adds the loader's ``extends`` key)."""
-    schema = Recipe.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "kcnn recipe"
-    schema["properties"]["extends"] = {
-        "description": "Base recipe(s), relative to this file, deep-merged under this one.",
+    """JSON Schema (draft 2020-12) for recipe files, full and partial alike.
+
+    A recipe without ``extends`` must be complete: it is checked against the
+    strict ``$defs/Recipe`` (``name``, ``data.source``, ``model.name`` … required;
+    each typed section needs its ``type``). A recipe with ``extends`` is partial:
+    it is checked against relaxed definitions (``$defs/Partial*``) in which
+    nothing is required, since the bases supply the rest. Unknown keys and bad
+    values are errors in both. The top-level ``properties`` are the relaxed ones,
+    so editors complete keys either way; ``if``/``else`` adds the strict check.
+    """
+    strict = Recipe.model_json_schema()
+    defs = strict.pop("$defs")
+    strict["properties"]["versions"]["description"] = (
+        "Written by kcnn into a run's recipe.yaml (package versions); not needed in your recipes."
+    )
+    if "Recipe" in defs:  # pragma: no cover - a schema class named Recipe would clash
+        raise RuntimeError("a $defs entry is already called Recipe")
+    defs["Recipe"] = strict
+    partial_defs = {_PARTIAL + name: _partial(d) for name, d in defs.items()}
+    for name, d in partial_defs.items():
+        d["title"] = f"{d.get('title', name[len(_PARTIAL):])} (partial)"
+    extends = {
+        "description": "Base recipe(s), relative to this file, deep-merged under this one; "
+                       "a recipe with extends may leave out anything its bases give.",
         "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
     }
-    schema["properties"].pop("versions", None)
-    schema["required"] = []  # a recipe that extends another may omit any section
-    return schema
+    top = partial_defs.pop(_PARTIAL + "Recipe")
+    top["properties"]["extends"] = extends
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "kcnn recipe",
+        "description": (strict.get("description", "") + " Without extends a recipe must be "
+                        "complete; with extends, its bases supply what it leaves out."),
+        "type": "object",
+        "properties": top["properties"],
+        "additionalProperties": False,
+        "if": {"required": ["extends"]},
+        "else": {"$ref": _DEFS + "Recipe"},
+        "$defs": {**defs, **partial_defs},
+    }

@@ -15,7 +15,8 @@ import numpy as np  # noqa: E402
 from kcnn.io import atomic_path  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
@@ -40,7 +41,7 @@ def training_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
         if key != "learning_rate":
             ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
@@ -55,7 +56,7 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,
     )
     ax.set_title(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def predicted_vs_true(y: np.ndarray, pred: np.ndarray, target_names: Sequence[str], path: Path,
@@ -75,4 +76,4 @@ def predicted_vs_true(y: np.ndarray, pred: np.ndarray, target_names: Sequence[st
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -31,14 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kcnn.errors import KcnnError  # noqa: E402
-from kcnn.io import atomic_path  # noqa: E402
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
-    return path
+from kcnn.viz.plots import save_figure as _save  # noqa: E402
 
 
 def _safe(name: str) -> str:
@@ -304,26 +297,12 @@ def plot_top_patches(model, layer_name: str, images: np.ndarray, path: Path,
 # ----------------------------------------------------------------------------- run dirs
 def _run_context(target: Path):
     """(model, run dir or None, recipe or None, class names or None)."""
-    from kcnn.models.info import load_keras
+    from kcnn.saving import read_class_names, resolve
 
-    if target.is_dir():
-        from kcnn.engine.rundir import RunDir
-        from kcnn.recipes import load
-
-        run = RunDir.open(target)
-        if not run.model.is_file():
-            raise KcnnError(f"{target}: run has no model.keras yet")
-        recipe = load(run.recipe)
-        names = None
-        if run.metrics.is_file():
-            import json
-
-            per_class = json.loads(run.metrics.read_text()).get("per_class") or []
-            names = [str(row.get("class")) for row in per_class] or None
-        return load_keras(run.model), run, recipe, names
-    if target.suffix == ".keras" and target.is_file():
-        return load_keras(target), None, None, None
-    raise KcnnError(f"{target}: expected a run directory or a .keras file")
+    ref = resolve(target, kinds=("run", "keras"))
+    if ref.kind != "run":
+        return ref.load_model(), None, None, None
+    return ref.load_model(), ref.run, ref.load_recipe(), read_class_names(ref.run)
 
 
 def pixel_scale(recipe) -> float:
@@ -375,7 +354,7 @@ def visualize(target: str | Path, *, filters: Sequence[str] = (), feature_maps: 
         from kcnn.data.sources import load_dataset
 
         data = load_dataset(recipe.data)
-        images = data.test.x[:500].astype("float32")
+        images = data.test.images(np.arange(min(500, len(data.test)))).astype("float32")
         for name in patches:
             written.append(plot_top_patches(model, name, images,
                                             out_dir / f"patches_{_safe(name)}.png")["path"])

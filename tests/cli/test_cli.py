@@ -88,7 +88,7 @@ def test_recipe_schema_and_list():
     "args,expected",
     [
         (["train", "missing.yaml"], "missing.yaml: file not found"),
-        (["train", "{tiny}", "--set", "train.optimizer.lrr=1"], "--set: train.optimizer.lrr: unknown key"),
+        (["train", "{tiny}", "--set", "train.optimizer.lrr=1"], "--set train.optimizer.lrr=1: train.optimizer.lrr: unknown key"),
         (["train", "--resume", "{tmp}"], "not a kcnn run"),
         (["evaluate", "{tmp}/nothing.keras"], "model file not found"),
         (["evaluate", "{tiny}"], "expected a run directory"),

@@ -18,7 +18,8 @@ def kcnn(*args, cwd=None):
 
 
 def test_filter_prune_cli_writes_a_thinner_run(trained_run, tmp_path):
-    from kcnn.engine.evaluate import evaluate, load_keras_model
+    from kcnn.engine.evaluate import evaluate
+    from kcnn.saving import load_keras_model
 
     out = tmp_path / "pruned"
     res = kcnn("compress", "prune", trained_run, "--method", "filter", "--sparsity", "0.5",

@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from kcnn.compress.distill import Distiller, distillation_loss, resolve_teacher
-from kcnn.errors import KcnnError, RecipeError
+from kcnn.engine.distill import Distiller, distillation_loss, resolve_teacher
+from kcnn.errors import Interrupted, KcnnError, RecipeError
 from kcnn.recipes import load
 
 
@@ -105,14 +105,14 @@ class Interrupt(keras.callbacks.Callback):
 
 def test_distilled_training_saves_the_plain_student_and_resumes(trained_run, tiny_bn_recipe,
                                                                 tmp_path):
-    from kcnn.engine.evaluate import load_keras_model
     from kcnn.engine.rundir import RunDir
     from kcnn.engine.train import train
+    from kcnn.saving import load_keras_model
 
     recipe = load(tiny_bn_recipe, [f"distill.teacher={trained_run}", "model.filters=[4, 8]",
                                    "distill.temperature=3", "name=student"])
     run_dir = tmp_path / "student"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted, match="keeps epochs 1-1"):
         train(recipe, run_dir=run_dir, callbacks=[Interrupt()])
     run = RunDir.open(run_dir)
     assert run.read_state()["epoch"] == 1

@@ -6,15 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from kcnn.compress.prune import (
-    apply_masks,
-    filter_prune,
-    magnitude_masks,
-    plan_filter_pruning,
-    prunable_kernels,
-    remove_masks,
-    round_sparsity,
-)
+from kcnn.compress.filters import filter_prune, plan_filter_pruning
+from kcnn.compress.magnitude import apply_masks, magnitude_masks, prunable_kernels, remove_masks
+from kcnn.compress.prune import round_sparsity
 
 X = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype("float32")
 
@@ -168,8 +162,8 @@ def test_magnitude_masks_stay_zero_after_fine_tuning():
 
 def test_magnitude_prune_run_writes_plain_model_and_masks(trained_run, tmp_path):
     from kcnn.compress.prune import prune_run
-    from kcnn.engine.evaluate import load_keras_model
     from kcnn.engine.rundir import RunDir
+    from kcnn.saving import load_keras_model
 
     out, info = prune_run(trained_run, method="magnitude", sparsity=0.6, rounds=1,
                           finetune_epochs=1, out=tmp_path / "mag", tflite=False, verbose=0,

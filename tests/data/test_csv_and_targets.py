@@ -41,9 +41,9 @@ def test_csv_class_names_costs_and_own_split(tmp_path):
     np.testing.assert_array_equal(d.train.y, [1, 2, 0, 1, 2, 0])
     np.testing.assert_array_equal(d.train.w, [1, 2, 3, 4, 5, 6])
     assert (len(d.train), len(d.val), len(d.test)) == (6, 3, 3)
-    assert d.input_shape == (6, 6, 1) and d.train.x.dtype == np.uint8
+    assert d.input_shape == (6, 6, 1) and d.train.images().dtype == np.uint8
     expected = np.asarray(Image.open(tmp_path / "img" / names[6]))
-    np.testing.assert_array_equal(d.val.x[0, ..., 0], expected)
+    np.testing.assert_array_equal(d.val.images([0])[0, ..., 0], expected)
 
 
 def test_csv_integer_labels_root_and_stratified_split(tmp_path):

@@ -102,7 +102,7 @@ def test_directory_source(tmp_path):
                           split={"val": 0.2, "test": 0.2}))
     assert d.class_names == ["cat", "dog"] and d.input_shape == (4, 4, 3)
     assert len(d.train) + len(d.val) + len(d.test) == 12
-    assert d.train.x.dtype == np.uint8
+    assert d.train.images().dtype == np.uint8
 
 
 def test_directory_empty_class_folder(tmp_path):

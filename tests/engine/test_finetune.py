@@ -8,7 +8,7 @@ import pytest
 
 from kcnn.engine import finetune as F
 from kcnn.engine.cotrain import nearest_source
-from kcnn.engine.optim import make_optimizer
+from kcnn.engine.optim import lr_multipliers, make_optimizer
 from kcnn.engine.train import train, training_phases
 from kcnn.errors import KcnnError
 from kcnn.recipes import dump, load, loads
@@ -84,7 +84,7 @@ def test_lr_multipliers_scale_one_sgd_step(keras_multi, monkeypatch):
 
 
 def test_depth_scaled_multipliers_interpolate():
-    m = F.lr_multipliers(small_model(), depth_scaled=(0.1, 1.0))
+    m = lr_multipliers(small_model(), depth_scaled=(0.1, 1.0))
     assert m["conv1/kernel"] == pytest.approx(0.1)
     assert m["conv2/kernel"] == pytest.approx(0.55) and m["conv2_bn/gamma"] == pytest.approx(0.55)
     assert m["logits/kernel"] == pytest.approx(1.0)
@@ -105,7 +105,7 @@ def test_warm_start_loads_matching_layers_and_reports(tmp_path):
     assert only_conv1.loaded == ["conv1"]
     with pytest.raises(KcnnError, match=r"layer 'logits' does not match the source: model shapes \[\(6, 3\), \(3,\)\] vs source \[\(6, 5\), \(5,\)\]"):
         F.warm_start(small_model(classes=3), tmp_path / "src.keras", skip_mismatch=False)
-    with pytest.raises(KcnnError, match="no model found"):
+    with pytest.raises(KcnnError, match="model.init.from: no trained model at"):
         F.warm_start(small_model(), tmp_path / "nothing")
 
 

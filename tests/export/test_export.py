@@ -19,7 +19,7 @@ from kcnn.recipes import load
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def export_run(tmp_path_factory):
     from tests.conftest import TINY, write_recipe
 
     root = tmp_path_factory.mktemp("export")
@@ -41,15 +41,15 @@ MODES = [
 
 
 @pytest.fixture(scope="module")
-def reports(trained_run):
-    return {mode: api.export_tflite(trained_run, mode=mode, calibration=50, latency_runs=5)
+def reports(export_run):
+    return {mode: api.export_tflite(export_run, mode=mode, calibration=50, latency_runs=5)
             for mode, _, _ in MODES}
 
 
 @pytest.mark.parametrize("mode,ratio,drop", MODES)
-def test_every_mode_loads_is_accurate_and_shrinks(reports, trained_run, mode, ratio, drop):
+def test_every_mode_loads_is_accurate_and_shrinks(reports, export_run, mode, ratio, drop):
     report = reports[mode]
-    path = trained_run / "exports" / mode / "model.tflite"
+    path = export_run / "exports" / mode / "model.tflite"
     assert report["file"] == str(path) and path.is_file()
     assert json.loads((path.parent / "export_report.json").read_text())["quantize"] == mode
     lite = TFLiteModel(path)
@@ -67,8 +67,8 @@ def test_every_mode_loads_is_accurate_and_shrinks(reports, trained_run, mode, ra
         assert report["float_fallback_layers"] == [] and report["calibration_samples"] == 50
 
 
-def test_int8_io_has_integer_tensors(trained_run, tmp_path):
-    report = api.export_tflite(trained_run, mode="int8", int8_io=True, calibration=30,
+def test_int8_io_has_integer_tensors(export_run, tmp_path):
+    report = api.export_tflite(export_run, mode="int8", int8_io=True, calibration=30,
                                out=tmp_path / "io.tflite", latency_runs=3)
     assert report["input_dtype"] == "int8"
     assert report["accuracy"] >= report["keras_accuracy"] - 0.03
@@ -84,11 +84,11 @@ def test_calibration_set_is_class_balanced():
         balanced_calibration(x, y, 0)
 
 
-def test_evaluate_tflite_like_keras(trained_run, reports):
-    metrics = evaluate(trained_run / "exports" / "none" / "model.tflite")
+def test_evaluate_tflite_like_keras(export_run, reports):
+    metrics = evaluate(export_run / "exports" / "none" / "model.tflite")
     assert metrics["accuracy"] == pytest.approx(reports["none"]["accuracy"])
     assert {"balanced_accuracy", "macro_f1", "loss", "per_class", "confusion_matrix"} <= set(metrics)
-    keras_metrics = json.loads((trained_run / "metrics.json").read_text())
+    keras_metrics = json.loads((export_run / "metrics.json").read_text())
     assert metrics["loss"] == pytest.approx(keras_metrics["loss"], rel=1e-3)
 
 
@@ -100,9 +100,9 @@ class CumulativeChannels(keras.layers.Layer):
         return keras.ops.cumsum(x, axis=-1)
 
 
-def test_float_only_layer_strict_and_warning(trained_run, tmp_path, capsys):
+def test_float_only_layer_strict_and_warning(export_run, tmp_path, capsys):
     run = tmp_path / "lrn_run"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("exports"))
+    shutil.copytree(export_run, run, ignore=shutil.ignore_patterns("exports"))
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
     x = CumulativeChannels(name="cumsum")(x)
@@ -118,13 +118,15 @@ def test_float_only_layer_strict_and_warning(trained_run, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_saved_model_and_keras_formats(trained_run, tmp_path):
-    sm = api.export_other(trained_run, "saved_model", tmp_path / "sm")
+def test_saved_model_and_keras_formats(export_run, tmp_path):
+    sm = api.export_other(export_run, "saved_model", tmp_path / "sm")
     assert (tmp_path / "sm" / "saved_model.pb").is_file() and sm["size_bytes"] > 0
-    again = api.export_other(trained_run, "saved_model", tmp_path / "sm")  # replaces atomically
+    with pytest.raises(KcnnError, match="sm: already exists; pass --force to replace it"):
+        api.export_other(export_run, "saved_model", tmp_path / "sm")
+    again = api.export_other(export_run, "saved_model", tmp_path / "sm", force=True)  # atomic swap
     assert again["file"] == str(tmp_path / "sm") and not list(tmp_path.glob(".sm.*"))
-    k = api.export_other(trained_run, "keras", tmp_path / "copy.keras")
-    assert (tmp_path / "copy.keras").read_bytes() == (trained_run / "model.keras").read_bytes()
+    k = api.export_other(export_run, "keras", tmp_path / "copy.keras")
+    assert (tmp_path / "copy.keras").read_bytes() == (export_run / "model.keras").read_bytes()
     assert k["size_bytes"] > 0
 
 
@@ -141,8 +143,8 @@ def test_export_of_a_folder_that_is_not_a_run(tmp_path):
         (["--format", "onnx"], "--format: unknown format 'onnx'"),
     ],
 )
-def test_cli_bad_input_exits_2(trained_run, args, expected):
-    res = subprocess.run([sys.executable, "-m", "kcnn.cli.main", "export", str(trained_run), *args],
+def test_cli_bad_input_exits_2(export_run, args, expected):
+    res = subprocess.run([sys.executable, "-m", "kcnn.cli.main", "export", str(export_run), *args],
                          capture_output=True, text=True)
     assert res.returncode == 2
     assert expected in res.stderr and "Traceback" not in res.stderr

@@ -6,19 +6,8 @@ import pytest
 
 from kcnn.layers import LAYERS, DeformableConv2D
 
-from .harness import (
-    assert_validation_error,
-    call_layer,
-    check_tflite,
-    gradient,
-    random_input,
-    requires_tensorflow,
-    run_layer_checks,
-)
-
-
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
+from . import harness
+from .harness import assert_validation_error, call_layer, random_input, to_numpy
 
 
 def numpy_bilinear(image, y, x):
@@ -58,9 +47,10 @@ def numpy_deformable(x, offsets, kernel, bias, strides, padding, dilation):
 
 
 @pytest.mark.parametrize(
-    "kwargs, full",
+    "kwargs, full, output_shape, trainable",
     [
-        ({"filters": 4, "kernel_size": 3, "padding": "same"}, False),
+        # "same", stride 1: 8x8 kept; kernel, bias, offset kernel, offset bias.
+        ({"filters": 4, "kernel_size": 3, "padding": "same"}, False, (2, 8, 8, 4), 4),
         (
             {
                 "filters": 2,
@@ -72,13 +62,19 @@ def numpy_deformable(x, offsets, kernel, bias, strides, padding, dilation):
                 "kernel_regularizer": "l2",
             },
             True,
+            # "valid", stride 2: (8 - 2) // 2 + 1 = 4 rows, (8 - 3) // 2 + 1 = 3 columns;
+            # no bias, so kernel, offset kernel and offset bias.
+            (2, 4, 3, 2),
+            3,
         ),
     ],
 )
-def test_harness(tmp_path, kwargs, full):
+def test_harness(tmp_path, kwargs, full, output_shape, trainable):
     # The fit step and mixed precision run once per layer class (slow under JAX).
-    run_layer_checks(
-        DeformableConv2D, kwargs, (2, 8, 8, 3), tmp_path, atol=1e-5, fit=full, mixed_precision=full
+    harness.run_layer_checks(
+        DeformableConv2D, kwargs, (2, 8, 8, 3), tmp_path,
+        expected_output_shape=output_shape, expected_num_trainable_weights=trainable,
+        atol=1e-5, fit=full, mixed_precision=full,
     )
 
 
@@ -170,7 +166,7 @@ def test_gradient_reaches_offsets_and_input():
         offset_kernel_initializer=keras.initializers.RandomNormal(0, 0.3, seed=2),
     )
     layer.build(x.shape)
-    grad = gradient(layer, x)
+    grad = harness.gradient(layer, x)
     assert np.all(np.isfinite(grad)) and np.abs(grad).sum() > 0
     model = keras.Sequential([keras.Input((6, 6, 2)), layer])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
@@ -182,14 +178,13 @@ def test_gradient_reaches_offsets_and_input():
 def test_channels_first_matches_channels_last():
     x = random_input((2, 6, 6, 3), seed=66)
     init = keras.initializers.RandomNormal(0, 0.5, seed=3)
-    last = DeformableConv2D(4, 3, offset_kernel_initializer=init, data_format="channels_last")
-    first = DeformableConv2D(4, 3, offset_kernel_initializer=init, data_format="channels_first")
-    last.build(x.shape)
-    first.build((2, 3, 6, 6))
-    first.set_weights(last.get_weights())
-    got = to_numpy(call_layer(first, np.transpose(x, (0, 3, 1, 2))))
-    np.testing.assert_allclose(
-        np.transpose(got, (0, 2, 3, 1)), to_numpy(call_layer(last, x)), rtol=1e-5, atol=1e-5
+    harness.check_channels_first_matches_last(
+        lambda data_format: DeformableConv2D(
+            4, 3, offset_kernel_initializer=init, data_format=data_format
+        ),
+        x,
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -242,7 +237,7 @@ def test_rejects_input_smaller_than_kernel_in_build():
     assert_validation_error(lambda: layer.build((None, 6, 8, 2)), r"dilated kernel size")
 
 
-@requires_tensorflow
+@harness.requires_tensorflow
 def test_tflite_builtins():
     layer = DeformableConv2D(
         4,
@@ -250,5 +245,5 @@ def test_tflite_builtins():
         padding="same",
         offset_kernel_initializer=keras.initializers.RandomNormal(0, 0.5, seed=4),
     )
-    ops = check_tflite(layer, (2, 8, 8, 3))
+    ops = harness.check_tflite(layer, (2, 8, 8, 3))
     assert "GATHER" in ops

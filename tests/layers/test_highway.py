@@ -1,24 +1,12 @@
 """HighwayDense / HighwayConv2D: harness, identity when the gate is shut, NumPy formula, TFLite."""
 
-import keras
 import numpy as np
 import pytest
 
 from kcnn.layers import LAYERS, HighwayConv2D, HighwayDense, highway_gate_bias
 
-from .harness import (
-    assert_validation_error,
-    call_layer,
-    check_tflite,
-    random_input,
-    requires_channels_first_conv,
-    requires_tensorflow,
-    run_layer_checks,
-)
-
-
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
+from . import harness
+from .harness import assert_validation_error, call_layer, random_input, to_numpy
 
 
 def sigmoid(z):
@@ -26,11 +14,19 @@ def sigmoid(z):
 
 
 def test_harness_dense(tmp_path):
-    run_layer_checks(HighwayDense, {"activation": "tanh", "units": 6}, (4, 6), tmp_path)
+    # Same width out; W_H, b_H, W_T, b_T.
+    harness.run_layer_checks(
+        HighwayDense, {"activation": "tanh", "units": 6}, (4, 6), tmp_path,
+        expected_output_shape=(4, 6), expected_num_trainable_weights=4,
+    )
 
 
 def test_harness_conv(tmp_path):
-    run_layer_checks(HighwayConv2D, {"kernel_size": 3, "filters": 3}, (2, 8, 8, 3), tmp_path)
+    # Same shape out; K_H, b_H, K_T, b_T.
+    harness.run_layer_checks(
+        HighwayConv2D, {"kernel_size": 3, "filters": 3}, (2, 8, 8, 3), tmp_path,
+        expected_output_shape=(2, 8, 8, 3), expected_num_trainable_weights=4,
+    )
 
 
 def test_registered_aliases():
@@ -106,17 +102,13 @@ def test_conv_matches_dense_for_1x1_kernels():
     )
 
 
-@requires_channels_first_conv
+@harness.requires_channels_first_conv
 def test_conv_channels_first_matches_channels_last():
-    last = HighwayConv2D(3, data_format="channels_last", bias_initializer="ones")
-    first = HighwayConv2D(3, data_format="channels_first", bias_initializer="ones")
-    x = random_input((2, 5, 5, 3), seed=35)
-    last.build(x.shape)
-    first.build((2, 3, 5, 5))
-    first.set_weights(last.get_weights())
-    got = to_numpy(call_layer(first, np.transpose(x, (0, 3, 1, 2))))
-    np.testing.assert_allclose(
-        np.transpose(got, (0, 2, 3, 1)), to_numpy(call_layer(last, x)), rtol=1e-5, atol=1e-6
+    harness.check_channels_first_matches_last(
+        lambda data_format: HighwayConv2D(3, data_format=data_format, bias_initializer="ones"),
+        random_input((2, 5, 5, 3), seed=35),
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -170,7 +162,7 @@ def test_conv_rejects_bad_data_format():
     assert_validation_error(lambda: HighwayConv2D(data_format="nhwc"), r"Received: data_format=")
 
 
-@requires_tensorflow
+@harness.requires_tensorflow
 def test_tflite_builtins():
-    check_tflite(HighwayDense(activation="relu"), (2, 6))
-    check_tflite(HighwayConv2D(3, bias_initializer="random_normal"), (2, 8, 8, 3))
+    harness.check_tflite(HighwayDense(activation="relu"), (2, 6))
+    harness.check_tflite(HighwayConv2D(3, bias_initializer="random_normal"), (2, 8, 8, 3))

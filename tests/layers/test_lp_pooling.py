@@ -6,16 +6,8 @@ import pytest
 
 from kcnn.layers import LAYERS, LpPooling2D
 
-from .harness import (
-    assert_validation_error,
-    call_layer,
-    check_tflite,
-    gradient,
-    random_input,
-    requires_tensorflow,
-    run_layer_checks,
-)
-from .test_stochastic_pooling import numpy_windows
+from . import harness
+from .harness import assert_validation_error, call_layer, numpy_windows, random_input, to_numpy
 
 
 def numpy_lp(x, p, pool, strides, padding):
@@ -29,12 +21,12 @@ def numpy_lp(x, p, pool, strides, padding):
     return scale[..., 0] * mean ** (1.0 / p)
 
 
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
-
-
 def test_harness(tmp_path):
-    run_layer_checks(LpPooling2D, {"p": 3.0, "pool_size": 2}, (2, 8, 8, 3), tmp_path)
+    # 2x2 windows, stride 2: 8x8 -> 4x4; no weights.
+    harness.run_layer_checks(
+        LpPooling2D, {"p": 3.0, "pool_size": 2}, (2, 8, 8, 3), tmp_path,
+        expected_output_shape=(2, 4, 4, 3), expected_num_trainable_weights=0,
+    )
 
 
 def test_registered_alias():
@@ -96,21 +88,18 @@ def test_all_zero_window_has_finite_gradient(p):
     y = to_numpy(call_layer(layer, x))
     assert y[0, 0, 0, 0] == pytest.approx(2.0 * 0.25 ** (1 / p))
     assert np.all(y.reshape(-1)[1:] == 0)
-    grad = gradient(layer, x)
+    grad = harness.gradient(layer, x)
     assert np.all(np.isfinite(grad))
     # d/da of (|a|**p / 4) ** (1/p) at the single non-zero a = -2
     assert grad[0, 0, 1, 0] == pytest.approx(-(0.25 ** (1 / p)), rel=1e-5)
 
 
 def test_channels_first_matches_channels_last():
-    x = random_input((2, 6, 6, 3), seed=24)
-    last = call_layer(LpPooling2D(3, 3, 2, "same", data_format="channels_last"), x)
-    first = call_layer(
-        LpPooling2D(3, 3, 2, "same", data_format="channels_first"), np.transpose(x, (0, 3, 1, 2))
+    got = harness.check_channels_first_matches_last(
+        lambda data_format: LpPooling2D(3, 3, 2, "same", data_format=data_format),
+        random_input((2, 6, 6, 3), seed=24),
     )
-    np.testing.assert_allclose(
-        np.transpose(to_numpy(first), (0, 2, 3, 1)), to_numpy(last), rtol=1e-6
-    )
+    assert got.shape == (2, 3, 3, 3)
 
 
 @pytest.mark.parametrize("p", [0.5, 0, -2, float("inf"), float("nan"), "2", True])
@@ -141,10 +130,10 @@ def test_rejects_input_smaller_than_pool_in_build():
     assert_validation_error(lambda: layer.build((1, 8, 4, 2)), r"at least the pool size")
 
 
-@requires_tensorflow
+@harness.requires_tensorflow
 @pytest.mark.parametrize(
     "kwargs",
     [{"p": 3.0, "pool_size": 2}, {"p": 2.0, "pool_size": 3, "strides": 2, "padding": "same"}],
 )
 def test_tflite_builtins(kwargs):
-    check_tflite(LpPooling2D(**kwargs), (2, 8, 8, 3))
+    harness.check_tflite(LpPooling2D(**kwargs), (2, 8, 8, 3))

@@ -1,19 +1,12 @@
 """LocalResponseNormalization: harness, tf.nn reference, NumPy reference, validation, TFLite."""
 
-import keras
 import numpy as np
 import pytest
 
 from kcnn.layers import LAYERS, LocalResponseNormalization
 
-from .harness import (
-    assert_validation_error,
-    call_layer,
-    check_tflite,
-    random_input,
-    requires_tensorflow,
-    run_layer_checks,
-)
+from . import harness
+from .harness import assert_validation_error, call_layer, random_input, to_numpy
 
 
 def numpy_lrn(x, size, bias, alpha, beta, mean=False, axis=-1):
@@ -27,7 +20,11 @@ def numpy_lrn(x, size, bias, alpha, beta, mean=False, axis=-1):
 
 
 def test_harness(tmp_path):
-    run_layer_checks(LocalResponseNormalization, {"size": 3, "alpha": 0.1}, (2, 8, 8, 6), tmp_path)
+    # Same shape out; no weights (the band matrix is a constant).
+    harness.run_layer_checks(
+        LocalResponseNormalization, {"size": 3, "alpha": 0.1}, (2, 8, 8, 6), tmp_path,
+        expected_output_shape=(2, 8, 8, 6), expected_num_trainable_weights=0,
+    )
 
 
 def test_defaults_are_alexnet():
@@ -38,7 +35,7 @@ def test_defaults_are_alexnet():
     assert LAYERS["LocalResponseNormalization"] is LocalResponseNormalization
 
 
-@requires_tensorflow
+@harness.requires_tensorflow
 @pytest.mark.parametrize(
     "size, bias, alpha, beta",
     [(5, 2.0, 1e-4, 0.75), (3, 1.0, 0.5, 0.75), (5, 2.0, 0.3, 0.6), (1, 1.5, 1.0, 1.0)],
@@ -50,7 +47,7 @@ def test_matches_tf_nn(size, bias, alpha, beta):
     expected = tf.nn.local_response_normalization(
         x, depth_radius=(size - 1) // 2, bias=bias, alpha=alpha, beta=beta
     ).numpy()
-    got = keras.ops.convert_to_numpy(
+    got = to_numpy(
         call_layer(LocalResponseNormalization(size=size, bias=bias, alpha=alpha, beta=beta), x)
     )
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
@@ -62,7 +59,7 @@ def test_matches_numpy(alpha_mode):
     layer = LocalResponseNormalization(size=5, bias=1.0, alpha=0.8, beta=0.7, alpha_mode=alpha_mode)
     expected = numpy_lrn(x, 5, 1.0, 0.8, 0.7, mean=alpha_mode == "mean")
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(call_layer(layer, x)), expected, rtol=1e-5, atol=1e-6
+        to_numpy(call_layer(layer, x)), expected, rtol=1e-5, atol=1e-6
     )
 
 
@@ -71,7 +68,7 @@ def test_mean_mode_is_sum_mode_with_alpha_over_size():
     mean = call_layer(LocalResponseNormalization(size=5, alpha=0.5, alpha_mode="mean"), x)
     total = call_layer(LocalResponseNormalization(size=5, alpha=0.1, alpha_mode="sum"), x)
     np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(mean), keras.ops.convert_to_numpy(total), rtol=1e-6
+        to_numpy(mean), to_numpy(total), rtol=1e-6
     )
 
 
@@ -79,14 +76,14 @@ def test_channels_first_axis():
     x = random_input((2, 6, 3, 3), seed=6)
     got = call_layer(LocalResponseNormalization(size=3, alpha=0.5, axis=1), x)
     expected = numpy_lrn(x, 3, 2.0, 0.5, 0.75, axis=1)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(got), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_float16_input_does_not_overflow():
     # 300**2 * 5 overflows float16 (max 65504); the layer works in float32.
     x = np.full((1, 2, 2, 5), 300.0, dtype="float16")
     layer = LocalResponseNormalization(size=5, bias=1.0, alpha=1.0, beta=0.5, dtype="mixed_float16")
-    got = keras.ops.convert_to_numpy(call_layer(layer, x)).astype("float64")
+    got = to_numpy(call_layer(layer, x)).astype("float64")
     expected = numpy_lrn(x.astype("float32"), 5, 1.0, 1.0, 0.5)
     assert np.all(np.isfinite(got))
     np.testing.assert_allclose(got, expected, rtol=2e-3)
@@ -133,6 +130,6 @@ def test_rejects_unknown_channels_in_build():
     assert_validation_error(lambda: layer.build((2, 4, 4, None)), r"known size")
 
 
-@requires_tensorflow
+@harness.requires_tensorflow
 def test_tflite_builtins():
-    check_tflite(LocalResponseNormalization(size=5, alpha=0.1), (2, 8, 8, 6))
+    harness.check_tflite(LocalResponseNormalization(size=5, alpha=0.1), (2, 8, 8, 6))

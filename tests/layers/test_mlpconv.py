@@ -6,25 +6,15 @@ import pytest
 
 from kcnn.layers import LAYERS, MLPConv2D
 
-from .harness import (
-    assert_validation_error,
-    call_layer,
-    check_tflite,
-    random_input,
-    requires_channels_first_conv,
-    requires_tensorflow,
-    run_layer_checks,
-)
-
-
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
+from . import harness
+from .harness import assert_validation_error, call_layer, random_input, to_numpy
 
 
 @pytest.mark.parametrize(
-    "kwargs, full",
+    "kwargs, full, output_shape, trainable, non_trainable",
     [
-        ({"filters": [6, 4, 4], "kernel_size": 3}, False),
+        # "same", stride 1: 8x8 kept, 4 channels; a kernel and a bias per convolution.
+        ({"filters": [6, 4, 4], "kernel_size": 3}, False, (2, 8, 8, 4), 6, 0),
         (
             {
                 "filters": [4, 5],
@@ -35,12 +25,21 @@ def to_numpy(x):
                 "kernel_regularizer": "l2",
             },
             True,
+            # (8 - 3) // 2 + 1 = 3. Per convolution: its kernel (no bias), BN's gamma
+            # and beta; BN's moving mean and variance are not trainable.
+            (2, 3, 3, 5),
+            6,
+            4,
         ),
     ],
 )
-def test_harness(tmp_path, kwargs, full):
+def test_harness(tmp_path, kwargs, full, output_shape, trainable, non_trainable):
     # The fit step and mixed precision run once per layer class (slow under JAX).
-    run_layer_checks(MLPConv2D, kwargs, (2, 8, 8, 3), tmp_path, fit=full, mixed_precision=full)
+    harness.run_layer_checks(
+        MLPConv2D, kwargs, (2, 8, 8, 3), tmp_path,
+        expected_output_shape=output_shape, expected_num_trainable_weights=trainable,
+        expected_num_non_trainable_weights=non_trainable, fit=full, mixed_precision=full,
+    )
 
 
 def test_registered_aliases():
@@ -94,7 +93,7 @@ def test_single_int_filters_is_one_convolution():
     assert block.compute_output_shape((None, 6, 6, 3)) == (None, 6, 6, 4)
 
 
-@requires_channels_first_conv
+@harness.requires_channels_first_conv
 def test_channels_first():
     block = MLPConv2D([4, 2], kernel_size=3, data_format="channels_first", batch_norm=True)
     y = call_layer(block, random_input((2, 3, 6, 6), seed=43), training=False)
@@ -131,7 +130,7 @@ def test_rejects_unknown_channels_in_build():
     assert_validation_error(lambda: MLPConv2D([4], 3).build((None, 8, 8, None)), r"known size")
 
 
-@requires_tensorflow
+@harness.requires_tensorflow
 def test_tflite_builtins():
     block = MLPConv2D([6, 4], kernel_size=3, batch_norm=True)
     block.build((None, 8, 8, 3))
@@ -139,4 +138,4 @@ def test_tflite_builtins():
     for norm in block.norms:
         norm.moving_mean.assign(np.linspace(-0.5, 0.5, norm.moving_mean.shape[0]))
         norm.moving_variance.assign(np.linspace(0.5, 2.0, norm.moving_variance.shape[0]))
-    check_tflite(block, (2, 8, 8, 3))
+    harness.check_tflite(block, (2, 8, 8, 3))

@@ -6,19 +6,8 @@ import pytest
 
 from kcnn.layers import LAYERS, ResidualBlock
 
-from .harness import (
-    assert_validation_error,
-    call_layer,
-    check_tflite,
-    random_input,
-    requires_channels_first_conv,
-    requires_tensorflow,
-    run_layer_checks,
-)
-
-
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
+from . import harness
+from .harness import assert_validation_error, call_layer, random_input, to_numpy
 
 
 def count(weights):
@@ -26,15 +15,29 @@ def count(weights):
 
 
 @pytest.mark.parametrize(
-    "kwargs, full",
+    "kwargs, full, output_shape, trainable, non_trainable",
     [
-        ({"filters": 6, "strides": 2, "shortcut": "zero_pad"}, False),
-        ({"filters": 2, "kind": "bottleneck", "strides": 2, "kernel_regularizer": "l2"}, True),
+        # Stride 2 halves 8x8; two 3x3 convolutions (no bias) with BN, and option A's
+        # shortcut adds nothing: 2 kernels + 2 x (gamma, beta); 2 x (mean, variance).
+        ({"filters": 6, "strides": 2, "shortcut": "zero_pad"}, False, (2, 4, 4, 6), 6, 4),
+        # Bottleneck: 4 * 2 = 8 channels out, which 3 input channels cannot carry, so a
+        # projection too: 4 convolutions, each with a BN.
+        (
+            {"filters": 2, "kind": "bottleneck", "strides": 2, "kernel_regularizer": "l2"},
+            True,
+            (2, 4, 4, 8),
+            12,
+            8,
+        ),
     ],
 )
-def test_harness(tmp_path, kwargs, full):
+def test_harness(tmp_path, kwargs, full, output_shape, trainable, non_trainable):
     # The fit step and mixed precision run once per layer class (slow under JAX).
-    run_layer_checks(ResidualBlock, kwargs, (2, 8, 8, 3), tmp_path, fit=full, mixed_precision=full)
+    harness.run_layer_checks(
+        ResidualBlock, kwargs, (2, 8, 8, 3), tmp_path,
+        expected_output_shape=output_shape, expected_num_trainable_weights=trainable,
+        expected_num_non_trainable_weights=non_trainable, fit=full, mixed_precision=full,
+    )
 
 
 def test_registered_alias():
@@ -126,7 +129,7 @@ def test_zero_pad_shortcut_subsamples_and_pads_channels():
     np.testing.assert_allclose(y, expected, atol=1e-6)
 
 
-@requires_channels_first_conv
+@harness.requires_channels_first_conv
 def test_zero_pad_channels_first():
     block = ResidualBlock(
         5, strides=2, shortcut="zero_pad", kernel_initializer="zeros", data_format="channels_first"
@@ -212,10 +215,10 @@ def test_rejects_unknown_channels_in_build():
     assert_validation_error(lambda: ResidualBlock(4).build((None, 8, 8, None)), r"known size")
 
 
-@requires_tensorflow
+@harness.requires_tensorflow
 @pytest.mark.parametrize(
     "kwargs",
     [{"filters": 6, "strides": 2, "shortcut": "zero_pad"}, {"filters": 2, "kind": "bottleneck"}],
 )
 def test_tflite_builtins(kwargs):
-    check_tflite(ResidualBlock(**kwargs), (2, 8, 8, 3))
+    harness.check_tflite(ResidualBlock(**kwargs), (2, 8, 8, 3))

@@ -1,53 +1,13 @@
 """StochasticPooling2D: harness, expectation and sampling against NumPy, gradients, TFLite."""
 
-import keras
 import numpy as np
 import pytest
 from scipy import stats
 
 from kcnn.layers import LAYERS, StochasticPooling2D
 
-from .harness import (
-    BACKEND,
-    assert_validation_error,
-    call_layer,
-    check_tflite,
-    gradient,
-    random_input,
-    requires_tensorflow,
-    run_layer_checks,
-)
-
-
-def numpy_windows(x, pool, strides, padding):
-    """(batch, oh, ow, C, ph*pw) windows of a channels-last array, zero padded for 'same'."""
-    _, h, w, _ = x.shape
-    if padding == "same":
-        oh, ow = -(-h // strides[0]), -(-w // strides[1])
-        ph_total = max((oh - 1) * strides[0] + pool[0] - h, 0)
-        pw_total = max((ow - 1) * strides[1] + pool[1] - w, 0)
-        x = np.pad(
-            x,
-            [
-                (0, 0),
-                (ph_total // 2, ph_total - ph_total // 2),
-                (pw_total // 2, pw_total - pw_total // 2),
-                (0, 0),
-            ],
-        )
-    else:
-        oh, ow = (h - pool[0]) // strides[0] + 1, (w - pool[1]) // strides[1] + 1
-    out = np.empty((x.shape[0], oh, ow, x.shape[3], pool[0] * pool[1]), x.dtype)
-    for i in range(oh):
-        for j in range(ow):
-            window = x[
-                :,
-                i * strides[0] : i * strides[0] + pool[0],
-                j * strides[1] : j * strides[1] + pool[1],
-                :,
-            ]
-            out[:, i, j] = window.reshape(x.shape[0], -1, x.shape[3]).transpose(0, 2, 1)
-    return out
+from . import harness
+from .harness import assert_validation_error, call_layer, numpy_windows, random_input, to_numpy
 
 
 def numpy_expectation(x, pool, strides, padding):
@@ -56,24 +16,23 @@ def numpy_expectation(x, pool, strides, padding):
     return np.where(total > 0, (windows**2).sum(-1) / np.where(total > 0, total, 1), 0.0)
 
 
-def to_numpy(x):
-    return keras.ops.convert_to_numpy(x)
-
-
 @pytest.mark.parametrize(
     "kwargs, full",
     [
-        ({"pool_size": 2, "seed": 1}, True),
-        ({"pool_size": 3, "strides": 2, "padding": "same", "seed": 2}, False),
+        ({"pool_size": 2, "seed": 1}, True),  # 8 -> (8 - 2) // 2 + 1 = 4
+        ({"pool_size": 3, "strides": 2, "padding": "same", "seed": 2}, False),  # ceil(8 / 2)
     ],
 )
 def test_harness(tmp_path, kwargs, full):
     # The fit step and mixed precision run once per layer class (slow under JAX).
-    run_layer_checks(
+    # No weights: the seed generator's state is not one.
+    harness.run_layer_checks(
         StochasticPooling2D,
         kwargs,
         (2, 8, 8, 3),
         tmp_path,
+        expected_output_shape=(2, 4, 4, 3),
+        expected_num_trainable_weights=0,
         nonnegative=True,
         fit=full,
         mixed_precision=full,
@@ -177,12 +136,12 @@ def test_all_zero_window_outputs_zero_without_nan(training, strides):
     assert np.all(np.isfinite(y))
     assert np.all(y[..., 1] == 0)
     assert y[0, 0, 0, 0] == 2.0
-    grad = gradient(fn, x)
+    grad = harness.gradient(fn, x)
     assert np.all(np.isfinite(grad))
     assert np.all(grad[..., 1] == 0)
 
 
-@pytest.mark.skipif(BACKEND not in ("tensorflow", "jax"), reason="gradient helper: tf or jax")
+@pytest.mark.skipif(harness.BACKEND not in ("tensorflow", "jax"), reason="gradient helper: tf or jax")
 @pytest.mark.parametrize("strides", [2, 1])
 def test_gradient_reaches_only_the_drawn_elements(strides):
     shape = (4, 6, 6, 3)
@@ -191,10 +150,10 @@ def test_gradient_reaches_only_the_drawn_elements(strides):
     x = x.reshape(shape)  # distinct and positive
     layer = StochasticPooling2D(2, strides, seed=13)
     # Fix the draw by reusing the same seed state for the forward and gradient passes.
-    state = keras.ops.convert_to_numpy(layer.seed_generator.state)
+    state = to_numpy(layer.seed_generator.state)
     y = to_numpy(call_layer(layer, x, training=True))
     layer.seed_generator.state.assign(state)
-    grad = gradient(lambda v: layer(v, training=True), x)
+    grad = harness.gradient(lambda v: layer(v, training=True), x)
     windows = numpy_windows(x, (2, 2), (strides, strides), "valid")
     grad_windows = numpy_windows(grad, (2, 2), (strides, strides), "valid")
     if strides == 2:
@@ -220,12 +179,8 @@ def test_gradient_reaches_only_the_drawn_elements(strides):
 
 def test_channels_first_matches_channels_last():
     x = random_input((2, 6, 6, 3), seed=14)
-    last = call_layer(StochasticPooling2D(2, data_format="channels_last"), x)
-    first = call_layer(
-        StochasticPooling2D(2, data_format="channels_first"), np.transpose(x, (0, 3, 1, 2))
-    )
-    np.testing.assert_allclose(
-        np.transpose(to_numpy(first), (0, 2, 3, 1)), to_numpy(last), rtol=1e-6
+    harness.check_channels_first_matches_last(
+        lambda data_format: StochasticPooling2D(2, data_format=data_format), x
     )
     y = call_layer(
         StochasticPooling2D(2, data_format="channels_first", seed=1),
@@ -235,7 +190,7 @@ def test_channels_first_matches_channels_last():
     assert tuple(y.shape) == (2, 3, 3, 3)
 
 
-@requires_tensorflow
+@harness.requires_tensorflow
 def test_unknown_spatial_size_in_a_graph():
     import tensorflow as tf
 
@@ -280,10 +235,10 @@ def test_rejects_input_smaller_than_pool_in_build():
     assert_validation_error(lambda: layer.build((1, 3, 8, 2)), r"at least the pool size")
 
 
-@requires_tensorflow
+@harness.requires_tensorflow
 @pytest.mark.parametrize(
     "kwargs", [{"pool_size": 2}, {"pool_size": 3, "strides": 2, "padding": "same"}]
 )
 def test_tflite_builtins_inference(kwargs):
-    ops = check_tflite(StochasticPooling2D(**kwargs), (2, 8, 8, 3), nonnegative=False)
+    ops = harness.check_tflite(StochasticPooling2D(**kwargs), (2, 8, 8, 3), nonnegative=False)
     assert "AVERAGE_POOL_2D" in ops

@@ -43,21 +43,10 @@ from kcnn.errors import KcnnError
 
 def resolve_teacher(path: str | Path) -> Path:
     """The teacher's ``.keras`` file: a file, a run dir, or the newest run in a folder of runs."""
-    p = Path(path).expanduser()
-    if p.is_file() and p.suffix == ".keras":
-        return p.resolve()
-    if (p / "model.keras").is_file():
-        return (p / "model.keras").resolve()
-    if p.is_dir():
-        runs = sorted(c for c in p.iterdir() if c.is_dir() and (c / "model.keras").is_file()
-                      and not c.name.startswith("."))
-        if runs:
-            return (runs[-1] / "model.keras").resolve()
-    raise KcnnError(
-        f"distill.teacher: no trained teacher at {path} (expected a run dir with model.keras, "
-        f"a folder of runs or a .keras file; train the teacher first, or set it with "
-        f"--set distill.teacher=RUN_DIR)"
-    )
+    from kcnn.saving import resolve_model_file
+
+    return resolve_model_file(path, "distill.teacher", noun="teacher", hint=(
+        "; train the teacher first, or set it with --set distill.teacher=RUN_DIR"))
 
 
 def distillation_terms(teacher_logits, student_logits, temperature: float):
@@ -146,7 +135,7 @@ class Distiller(keras.Model):
 
 
 def load_teacher(path: str | Path):
-    from kcnn.engine.evaluate import load_keras_model
+    from kcnn.saving import load_keras_model
 
     return load_keras_model(resolve_teacher(path))
 

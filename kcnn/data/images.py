@@ -1,0 +1,192 @@
+"""Image files: listing with a header check, and decoding to a fixed size and colour mode.
+
+Decoding uses Pillow for every format (JPEG, PNG, BMP, GIF, WebP, TIFF, …), so
+the same function serves the streaming pipeline, the decoded caches and the
+statistics pass, and every path gives the same pixels. Pillow releases the
+GIL while it decodes and resizes, so tf.data's parallel calls decode in
+parallel. What TensorFlow's in-graph decoders would get wrong is handled here:
+EXIF orientation (applied, as a viewer shows the photo), CMYK JPEGs, palette
+and 16-bit PNGs (scaled to 8 bits, not clipped), alpha (dropped).
+
+A file whose header Pillow cannot read is found while listing, before
+anything is trained; a file whose body is corrupt is found when it is first
+decoded (the error names it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Extensions of the formats kcnn reads (Pillow decodes them all).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif",
+                  ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".qoi")
+# Bump when decoding changes, so decoded caches made by an older kcnn are not reused.
+DECODE_VERSION = 1
+BAD_IMAGE_MARKER = "kcnn-bad-image:"
+
+
+class BadImage(Exception):
+    """A file that cannot be decoded; ``str()`` carries a marker the trainer looks for."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{BAD_IMAGE_MARKER}{self.path}: {reason}")
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:200]
+
+
+def decode(path: str | Path, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One image file as uint8 ``(height, width, channels)``, bilinear-resized."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im = _to_8bit(im)
+            im = im.convert("L" if channels == 1 else "RGB")
+            if im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            out = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise BadImage(path, f"unreadable image ({_reason(err)})") from None
+    return out[..., None] if out.ndim == 2 else out
+
+
+def _to_8bit(im):
+    """16-bit and 32-bit integer or float images scaled into 0–255 (Pillow's convert
+    would clip them)."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    return im
+
+
+def check_header(path: str | Path) -> str | None:
+    """None when Pillow can identify the file as an image, else the reason."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+        if width < 1 or height < 1:
+            return f"empty image ({width}×{height})"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return f"unreadable image ({_reason(err)})"
+    return None
+
+
+def check_files(paths: Sequence[str], progress_label: str = "checking images"
+                ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Stat and header-check ``paths`` in a thread pool (the work is I/O): a mask of the
+    readable ones, and ``(path, reason)`` for the others."""
+    def one(path: str):
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            return path, None, f"cannot read ({_reason(err)})"
+        if st.st_size == 0:
+            return path, None, "empty file"
+        return path, (st.st_size, st.st_mtime_ns), check_header(path)
+
+    ok = np.ones(len(paths), bool)
+    bad = []
+    # Header parsing is Python holding the GIL: more threads than cores only adds switching
+    # (they help where the stat and open wait on a network file system).
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        results = pool.map(one, paths)
+        for i, (path, _, reason) in enumerate(progress(results, len(paths), progress_label)):
+            if reason is not None:
+                ok[i] = False
+                bad.append((path, reason))
+    return ok, bad
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def decode_many(paths: Sequence[str], size: tuple[int, int], channels: int,
+                sink: Callable[[int, np.ndarray], None] | None = None,
+                label: str = "decoding images", threads: int | None = None) -> np.ndarray | None:
+    """Decode ``paths`` in parallel. Each image goes to ``sink(i, image)`` when given
+    (nothing is kept), else into one new uint8 array that is returned."""
+    out = None
+    if sink is None:
+        out = np.empty((len(paths), *size, channels), np.uint8)
+
+        def sink(i: int, image: np.ndarray) -> None:
+            out[i] = image
+
+    threads = threads or min(8, (os.cpu_count() or 2) * 2)
+
+    def one(i: int) -> int:
+        sink(i, decode(paths[i], size, channels))
+        return i
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in progress(pool.map(one, range(len(paths))), len(paths), label):
+            pass
+    return out
+
+
+# ----------------------------------------------------------------------------- progress
+def show_progress() -> bool:
+    """Progress bars only for a person watching: stdout and stderr are terminals."""
+    return sys.stdout.isatty() and sys.stderr.isatty() and not os.environ.get("KCNN_NO_PROGRESS")
+
+
+def progress(items: Iterable[Any], total: int, label: str, min_total: int = 256):
+    """``items`` with a rich progress bar on stderr (when a person is watching and the
+    job is big enough to take a moment)."""
+    if total < min_total or not show_progress():
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def first_names(items: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(str(i) for i in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def stat_fingerprint(files: Sequence[str], stats: Sequence[tuple[int, int]],
+                     extra: Callable[[], str] = lambda: "") -> str:
+    """A digest of a file list (names, sizes, mtimes) and decoding settings."""
+    import hashlib
+
+    h = hashlib.sha256(f"kcnn-decode-v{DECODE_VERSION}|{extra()}".encode())
+    for f, (size, mtime) in zip(files, stats):
+        h.update(f"{f}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:24]
