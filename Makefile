@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 KCNN   := $(VENV)/bin/kcnn
 STAMP  := $(VENV)/.kcnn-installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean check-wheel
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: install
 	$(PY) -m pytest -q -m serial
 	KERAS_BACKEND=jax $(PY) -m pytest -q -n 2 --dist loadfile $(JAX_TESTS)
 
+# Build the wheel, install it into a fresh environment and train from it (as CI does).
+check-wheel: install
+	bash .ci/check-wheel
+
 lint: install
 	$(VENV)/bin/ruff check kcnn tests benchmarks
 
@@ -42,4 +46,4 @@ bench: install
 	$(PY) benchmarks/layers.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build dist

@@ -11,6 +11,9 @@ process:
   TFLite size and latency against the source measured back to back;
 * 50% magnitude pruning (2 rounds × 2 epochs): non-zero params, gzipped TFLite size;
 * low-rank factorization (spatial and channel, 90% energy, 2 epochs of fine-tuning);
+* weight clustering (``kcnn compress cluster``): scalar k-means at 4 and 2 bits and
+  product quantization (sub-vectors of 4) at 4 and 2 bits, ``--cluster-epochs`` of
+  fine-tuning: packed size of the clustered kernels, accuracy, gzipped TFLite size;
 * the ``digits_distill`` student trained with and without distillation (same
   recipe and seed), the quickstart model as the teacher;
 * the ``digits_binary`` model (``--binary-epochs``, default 20): accuracy and packed
@@ -45,7 +48,17 @@ TARGETS = {
     "int8_drop": 0.5,  # int8 accuracy drop ≤ 0.5 points
     "filter_macs": 0.35,  # 50% filter pruning: MACs ≤ 0.35 ×
     "filter_drop": 1.0,  # ... with an accuracy drop ≤ 1 point after fine-tuning
+    "cluster4_drop": 0.3,  # scalar 4-bit clustering: accuracy drop ≤ 0.3 points after fine-tuning
+    "cluster4_packed": 0.15,  # ... and packed kernels ≤ 0.15 × float32
 }
+
+# (label, run dir name, method, bits, sub-vector length)
+CLUSTER_SETTINGS = [
+    ("scalar 4-bit", "cluster_scalar4", "scalar", 4, None),
+    ("scalar 2-bit", "cluster_scalar2", "scalar", 2, None),
+    ("product 4-bit, D=4", "cluster_product4_d4", "product", 4, 4),
+    ("product 2-bit, D=4", "cluster_product2_d4", "product", 2, 4),
+]
 
 
 def machine() -> str:
@@ -98,6 +111,39 @@ def ok(flag: bool) -> str:
     return "met" if flag else "**missed**"
 
 
+def cluster_section(clustered: dict, epochs: int) -> list[str]:
+    """The weight-clustering table: storage of the clustered kernels and accuracy at each step."""
+    lines = [
+        f"## Weight clustering (`kcnn compress cluster`, {epochs} fine-tuning epochs)",
+        "",
+        "| setting | bits / weight | kernels packed × float32 | Huffman × | all weights × | "
+        "accuracy clustered | BN re-estimated | fine-tuned | Δ points | TFLite gzip × |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, c in clustered.items():
+        gzip_ratio = c["after"]["tflite_gzip_bytes"] / c["before"]["tflite_gzip_bytes"]
+        lines.append(
+            f"| {label} | {c['bits_per_weight']:.2f} | {c['ratio']:.3f} | "
+            f"{c['huffman_ratio']:.3f} | {c['model_ratio']:.3f} | {c['accuracy_clustered']:.4f} | "
+            f"{c['accuracy_clustered_bn_recalibrated']:.4f} | {c['accuracy_finetuned']:.4f} | "
+            f"{100 * (c['accuracy_finetuned'] - c['accuracy_before']):+.2f} | {gzip_ratio:.3f} |"
+        )
+    fallbacks = sorted({f"{name} ({label})" for label, c in clustered.items()
+                        for name, layer in c["layers"].items() if "fallback" in layer})
+    lines += [
+        "",
+        "Packed = the float32 codebooks + every index at its bit width (`clustered.npz`); "
+        "Huffman = the codebooks + canonical Huffman codes of the indices (Deep Compression). "
+        "Bits per weight include the codebooks. Product quantization stores a codebook of "
+        "rows × 2^bits floats per layer, so it pays only where a layer has many more output "
+        "channels than centroids"
+        + (f"; clustered scalar because D does not divide their input size: "
+           f"{', '.join(fallbacks)}." if fallbacks else "."),
+        "",
+    ]
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="Reuse a trained quickstart run dir.")
@@ -116,9 +162,16 @@ def main(argv=None) -> int:
         help="Epochs for digits_binary (the recipe says 40; default 20 here).",
     )
     parser.add_argument("--skip-binary", action="store_true", help="Skip the binary model.")
+    parser.add_argument(
+        "--cluster-epochs",
+        type=int,
+        default=3,
+        help="Fine-tuning epochs after weight clustering (default 3).",
+    )
     args = parser.parse_args(argv)
 
     from kcnn.compress.binary import weight_storage
+    from kcnn.compress.cluster import cluster_run
     from kcnn.compress.common import load_source, measure
     from kcnn.compress.lowrank import lowrank_run
     from kcnn.compress.prune import prune_run
@@ -210,6 +263,23 @@ def main(argv=None) -> int:
         log=quiet,
     )
 
+    step("clustering")
+    clustered = {
+        label: reuse_or(
+            work / dirname,
+            cluster_run,
+            run_dir=run,
+            bits=bits,
+            method=method,
+            subvector=subvector,
+            finetune_epochs=args.cluster_epochs,
+            latency_runs=200,
+            verbose=0,
+            log=quiet,
+        )
+        for label, dirname, method, bits, subvector in CLUSTER_SETTINGS
+    }
+
     step("distillation")
     student_kd = train_recipe(
         "digits_distill", work / "student_distilled", [f"distill.teacher={run}"]
@@ -268,6 +338,16 @@ def main(argv=None) -> int:
             f"{len(lrc['layers'])} layers factorized; {lrc['accuracy_factorized']:.4f} "
             f"before 2 epochs of fine-tuning",
         ),
+        *[
+            row(
+                f"clustering, {label}",
+                c["after"],
+                c["before"],
+                f"{c['bits_per_weight']:.2f} bits/weight packed; shared values stored densely, "
+                f"see gzip",
+            )
+            for label, c in clustered.items()
+        ],
         row(
             "digits_distill student (distilled)", kd, base, f"without distillation: {plain_acc:.4f}"
         ),
@@ -285,6 +365,7 @@ def main(argv=None) -> int:
         ),
         "",
     ]
+    lines += cluster_section(clustered, args.cluster_epochs)
     lines += [
         "## Distillation (same student recipe, same seed)",
         "",
@@ -327,6 +408,8 @@ def main(argv=None) -> int:
     int8_drop = 100 * (int8["keras_accuracy"] - int8["accuracy"])
     macs_ratio = fp["ratios"]["macs"]
     drop = fp["ratios"]["accuracy_drop_points"]
+    c4 = clustered["scalar 4-bit"]
+    c4_drop = 100 * (c4["accuracy_before"] - c4["accuracy_finetuned"])
     lines += [
         "## Targets",
         "",
@@ -337,6 +420,8 @@ def main(argv=None) -> int:
         f"| int8 accuracy drop ≤ 0.5 points | {int8_drop:+.2f} | {ok(int8_drop <= TARGETS['int8_drop'])} |",
         f"| 50% filter pruning: MACs ≤ 0.35 × | {macs_ratio:.3f} | {ok(macs_ratio <= TARGETS['filter_macs'])} |",
         f"| 50% filter pruning: accuracy drop ≤ 1 point | {drop:+.2f} | {ok(drop <= TARGETS['filter_drop'])} |",
+        f"| scalar 4-bit clustering: accuracy drop ≤ 0.3 points | {c4_drop:+.2f} | {ok(c4_drop <= TARGETS['cluster4_drop'])} |",
+        f"| scalar 4-bit clustering: packed kernels ≤ 0.15 × float32 | {c4['ratio']:.3f} | {ok(c4['ratio'] <= TARGETS['cluster4_packed'])} |",
         "",
     ]
     total = time.perf_counter() - started

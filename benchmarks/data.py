@@ -24,7 +24,7 @@ What it does:
    * ``keras``: ``keras.utils.image_dataset_from_directory(..., shuffle=True,
      seed=0).prefetch(AUTOTUNE)`` and ``model.fit(ds, epochs=1)``;
    * ``none``: ``kcnn.engine.train.train(recipe)`` with ``data.cache: none``
-     (Pillow decodes every batch inside tf.data);
+     (TensorFlow decodes JPEG/PNG/BMP/GIF in the graph, Pillow the rest, every batch);
    * ``disk-build``: ``data.cache: disk`` after deleting the cache folder, so
      the decoded cache is built before the epoch;
    * ``disk``: ``data.cache: disk`` again, reading the cache the last run built.
@@ -385,7 +385,7 @@ def report(folders: list[tuple[int, int]], results: dict, args, command: str, el
         "",
         "* **keras**: `image_dataset_from_directory(..., shuffle=True, seed=0).prefetch(AUTOTUNE)` "
         "+ `model.fit(ds, epochs=1)`.",
-        "* **none**: kcnn, `data.cache: none` (Pillow decodes every batch in tf.data).",
+        "* **none**: kcnn, `data.cache: none` (every batch decoded in tf.data: TensorFlow for JPEG here).",
         "* **disk-build**: kcnn, `data.cache: disk` after deleting the cache: builds the decoded "
         "cache, then trains from it.",
         "* **disk**: kcnn, `data.cache: disk` with the cache the previous run built.",

@@ -68,11 +68,13 @@ class StepTimer:
 
 
 def _rate(stamps: list[float], warmup: int, batch: int) -> dict[str, float]:
-    ends = stamps[1:]
-    if len(ends) <= warmup + 1:
-        raise KcnnError(f"--steps must exceed the warm-up ({warmup} steps)")
-    span = ends[-1] - ends[warmup]
-    steps = len(ends) - 1 - warmup
+    """Throughput of the steps after the warm-up. ``stamps[0]`` is the start of training and
+    ``stamps[i]`` the end of step ``i``, so ``steps`` steps with ``warmup`` left out time
+    ``steps - warmup`` of them, from the end of the last warm-up step (or the start)."""
+    steps = len(stamps) - 1 - warmup
+    if steps < 1:
+        raise KcnnError(f"--steps must exceed --warmup ({warmup} steps)")
+    span = stamps[-1] - stamps[warmup]
     return {"steps_per_s": steps / span, "images_per_s": steps * batch / span, "timed_steps": steps}
 
 
@@ -87,8 +89,8 @@ def _compile(model, recipe, num_classes: int, steps_per_epoch: int, class_counts
 
 def bench_train(recipe, *, steps: int = 60, warmup: int = 10, batch_size: int | None = None,
                 synthetic: bool = False, compare_plain: bool = False) -> dict[str, Any]:
-    if steps <= warmup + 1 or warmup < 0:
-        raise KcnnError(f"--steps must exceed --warmup + 1 (got steps={steps}, warmup={warmup})")
+    if steps <= warmup or warmup < 0:
+        raise KcnnError(f"--steps must exceed --warmup (got steps={steps}, warmup={warmup})")
     if batch_size is not None and batch_size < 1:
         raise KcnnError(f"--batch-size: must be >= 1 (got {batch_size})")
     if recipe.data.task == "regression":

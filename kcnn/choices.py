@@ -17,6 +17,7 @@ Strategy = Literal["none", "mirrored", "multi_worker", "tpu"]
 PruneMethod = Literal["filter", "magnitude"]
 PruneCriterion = Literal["l1_bn", "l1"]
 LowrankMode = Literal["spatial", "channel"]
+ClusterMethod = Literal["scalar", "product"]
 
 
 def values(choice) -> tuple[str, ...]:

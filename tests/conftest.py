@@ -12,6 +12,7 @@ if os.environ.get("KERAS_BACKEND") == "jax" and "xla_backend_optimization_level"
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
 import copy  # noqa: E402
+import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -35,6 +36,19 @@ TINY = {
     },
     "evaluate": {"plots": False},
 }
+
+
+# Lines that TensorFlow, absl, CUDA and LiteRT print on their own (kcnn.quiet keeps them off
+# the terminal): what a test of a real `kcnn` run must not find on its stderr.
+NOISE = re.compile(
+    r"absl|InitializeLog|[Cc]uda|CUDA|cuInit|oneDNN|TF_ENABLE_ONEDNN_OPTS|NodeDef mentions|"
+    r"XNNPACK|fully_quantize|inference_type|retracing|cpu_feature_guard|This TensorFlow binary|"
+    r"^[IWEF]\d{4} \d|^(INFO|WARNING): ")
+
+
+def noise_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that are the libraries' own chatter, not kcnn's."""
+    return [line for line in stderr.splitlines() if NOISE.search(line)]
 
 
 def write_recipe(path: Path, data: dict) -> Path:

@@ -84,7 +84,8 @@ def open_and_measure(run_dir: str | Path, out: str | Path | None, *, tflite: boo
     if out is not None:
         check_out(out)
     source = load_source(run.path)
-    log(f"measuring the source model {source.run.model}")
+    log(f"measuring the source model {source.run.model} (accuracy on the "
+        f"{source.recipe.evaluate.split} split)")
     before = measure(source.model, source, tflite=tflite, latency_runs=latency_runs)
     before["accuracy_bn_recalibrated"] = source_accuracy_recalibrated(source)
     return source, before
@@ -234,7 +235,7 @@ def finetune(model, source: Source, epochs: int, *, lr: float | None = None, see
                callbacks=[hist, *callbacks], verbose=verbose)
     rows = []
     for e in range(len(hist.epoch)):
-        row = {"epoch": first_epoch + e, **(tag or {})}
+        row = {"epoch": first_epoch + e + 1, **(tag or {})}  # 1-based
         row.update({k: float(v[e]) for k, v in hist.history.items()})
         rows.append(row)
     return rows
@@ -356,15 +357,17 @@ def ratios(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
 
 
 def comparison_table(before: dict[str, Any], after: dict[str, Any]) -> str:
-    """A markdown table: one row per measure, before → after and the ratio."""
+    """A markdown table: one row per measure, before → after and the ratio. The accuracy
+    rows name the split they were measured on (``measure``'s ``split``)."""
+    on = f" ({before['split']} split)" if before.get("split") else ""
     rows = [
         ("params", "params", "{:,}"),
         ("non-zero params", "nonzero_params", "{:,}"),
         ("MACs", "macs", "{:,}"),
-        ("accuracy", "accuracy", "{:.4f}"),
+        (f"accuracy{on}", "accuracy", "{:.4f}"),
         ("TFLite size (KiB)", "tflite_bytes", None),
         ("TFLite gzip (KiB)", "tflite_gzip_bytes", None),
-        ("TFLite accuracy", "tflite_accuracy", "{:.4f}"),
+        (f"TFLite accuracy{on}", "tflite_accuracy", "{:.4f}"),
         ("latency (ms)", "latency_ms", "{:.3f}"),
     ]
     lines = ["| measure | before | after | after / before |", "|---|---|---|---|"]

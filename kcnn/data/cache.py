@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from kcnn.data.dataset import Dataset, FileSplit
-from kcnn.data.images import decode_many, stat_fingerprint
+from kcnn.data.images import progress, stat_fingerprint
 from kcnn.errors import DataError
 from kcnn.io import public_mode
 
@@ -70,12 +70,11 @@ class DiskStore:
         rows = self.rows[np.asarray(idx, dtype=np.int64)]
         out = np.empty((len(rows), *self.image_shape), np.uint8)
         flat = out.reshape(len(rows), -1)
-        for j, r in enumerate(rows):
-            data = os.pread(fd, self.row_bytes, int(r) * self.row_bytes)
-            if len(data) != self.row_bytes:
+        for j, r in enumerate(rows):  # straight into the output buffer: one copy per image
+            got = os.preadv(fd, [memoryview(flat[j])], int(r) * self.row_bytes)
+            if got != self.row_bytes:
                 raise DataError(f"{self.path}: decoded cache is truncated (row {r}); delete its "
                                 f"folder to rebuild it")
-            flat[j] = np.frombuffer(data, np.uint8)
         return out
 
     def take(self, idx: np.ndarray) -> DiskStore:
@@ -126,11 +125,12 @@ def disk_store(split: FileSplit, root: Path, label: str) -> DiskStore:
         row_bytes = int(np.prod(split.image_shape))
         fd = os.open(tmp / "images.u8", os.O_WRONLY | os.O_CREAT, 0o666)
         try:
-            def write(i: int, image: np.ndarray) -> None:
-                os.pwrite(fd, np.ascontiguousarray(image).tobytes(), i * row_bytes)
-
-            decode_many(list(split.files), split.size, split.channels, sink=write,
-                        label=f"building the decoded cache ({label})")
+            row = 0
+            batches = split.iter_images(np.arange(len(split)), 64)
+            for batch in progress(batches, -(-len(split) // 64),
+                                  f"building the decoded cache ({label})", min_total=4):
+                os.pwrite(fd, np.ascontiguousarray(batch).tobytes(), row * row_bytes)
+                row += len(batch)
             os.fsync(fd)
         finally:
             os.close(fd)

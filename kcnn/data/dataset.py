@@ -48,7 +48,7 @@ class Split:
             yield self.x[i:i + batch_size]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class FileSplit:
     """A split backed by image files: paths and labels only; images are decoded when
     read (:mod:`kcnn.data.images`), or read from a decoded cache (:mod:`kcnn.data.cache`).
@@ -63,6 +63,7 @@ class FileSplit:
     size: tuple[int, int]  # (height, width) every image is resized to
     channels: int
     cache: Any = None  # a decoded store aligned with ``files`` (kcnn.data.cache), or None
+    native: np.ndarray | None = None  # per file: TensorFlow decodes it exactly (else Pillow)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -75,32 +76,33 @@ class FileSplit:
         idx = np.asarray(idx, dtype=np.int64)
         return FileSplit(self.files[idx], self.y[idx], None if self.w is None else self.w[idx],
                          self.size, self.channels,
-                         None if self.cache is None else self.cache.take(idx))
+                         None if self.cache is None else self.cache.take(idx),
+                         None if self.native is None else self.native[idx])
 
-    def load_batch(self, idx: np.ndarray) -> np.ndarray:
-        """uint8 images at ``idx`` (from the cache, else decoded)."""
-        from kcnn.data.images import decode
-
+    def iter_images(self, idx: np.ndarray, batch_size: int = 64):
+        """uint8 images at ``idx``, ``batch_size`` at a time: from the cache, else decoded
+        in parallel by the same graph function training uses (:mod:`kcnn.data.pipeline`)."""
         idx = np.asarray(idx, dtype=np.int64)
         if self.cache is not None:
-            return self.cache.read(idx)
-        out = np.empty((len(idx), *self.image_shape), np.uint8)
-        for j, i in enumerate(idx):
-            out[j] = decode(self.files[i], self.size, self.channels)
-        return out
+            for i in range(0, len(idx), batch_size):
+                yield self.cache.read(idx[i:i + batch_size])
+            return
+        from kcnn.data.decode import decode_files
+
+        yield from decode_files(self, idx, batch_size)
+
+    def load_batch(self, idx: np.ndarray) -> np.ndarray:
+        """uint8 images at ``idx`` as one array."""
+        return self.images(idx)
 
     def images(self, idx: np.ndarray | None = None) -> np.ndarray:
-        """The images (at ``idx``) as one uint8 array, decoded in parallel."""
-        from kcnn.data.images import decode_many
-
+        """The images (at ``idx``) as one uint8 array."""
         idx = np.arange(len(self)) if idx is None else np.asarray(idx, dtype=np.int64)
-        if self.cache is not None:
-            return self.cache.read(idx)
-        return decode_many([self.files[i] for i in idx], self.size, self.channels)
+        parts = list(self.iter_images(idx, 256))
+        return np.concatenate(parts) if parts else np.zeros((0, *self.image_shape), np.uint8)
 
     def batches(self, batch_size: int):
-        for i in range(0, len(self), batch_size):
-            yield self.load_batch(np.arange(i, min(i + batch_size, len(self))))
+        yield from self.iter_images(np.arange(len(self)), batch_size)
 
 
 @dataclasses.dataclass

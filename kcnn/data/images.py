@@ -45,21 +45,35 @@ def _reason(err: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
-def decode(path: str | Path, size: tuple[int, int], channels: int) -> np.ndarray:
-    """One image file as uint8 ``(height, width, channels)``, bilinear-resized."""
+def decode_native(path: str | Path, channels: int) -> np.ndarray:
+    """One image file as uint8 ``(h, w, channels)`` at its own size, through Pillow: EXIF
+    orientation applied, CMYK/palette/16-bit/float converted, alpha dropped."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             im = _to_8bit(im)
-            im = im.convert("L" if channels == 1 else "RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            out = np.asarray(im, dtype=np.uint8)
+            out = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise BadImage(path, f"unreadable image ({_reason(err)})") from None
     return out[..., None] if out.ndim == 2 else out
+
+
+def decode(path: str | Path, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One image file as uint8 ``(height, width, channels)``, through Pillow, bilinear-resized.
+
+    (Training decodes in TensorFlow's graph instead, see :mod:`kcnn.data.pipeline`; this is
+    the reference the tests compare modes and formats against.)"""
+    from PIL import Image
+
+    out = decode_native(path, channels)
+    if out.shape[:2] != tuple(size):
+        squeeze = out[..., 0] if channels == 1 else out
+        im = Image.fromarray(squeeze).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        out = np.asarray(im, dtype=np.uint8)
+        out = out[..., None] if out.ndim == 2 else out
+    return out
 
 
 def _to_8bit(im):
@@ -78,44 +92,60 @@ def _to_8bit(im):
     return im
 
 
-def check_header(path: str | Path) -> str | None:
-    """None when Pillow can identify the file as an image, else the reason."""
+# What TensorFlow's own decoders read exactly as a viewer shows it; anything else (WebP, TIFF,
+# CMYK JPEGs, 16-bit or 1-bit PNGs, EXIF-rotated photos) is decoded by Pillow.
+_TF_FORMATS = {"JPEG": ("L", "RGB"), "PNG": ("L", "LA", "P", "PA", "RGB", "RGBA"),
+               "BMP": ("L", "P", "RGB", "RGBA"), "GIF": ("L", "P", "RGB", "RGBA")}
+_ORIENTATION = 0x0112
+
+
+def check_header(path: str | Path) -> tuple[str | None, bool]:
+    """(None, whether TensorFlow can decode it exactly) when Pillow can identify the file as
+    an image, else (the reason, False)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             width, height = im.size
+            native = im.mode in _TF_FORMATS.get(im.format or "", ())
+            if native and im.format == "JPEG":
+                native = im.getexif().get(_ORIENTATION, 1) == 1
         if width < 1 or height < 1:
-            return f"empty image ({width}×{height})"
+            return f"empty image ({width}×{height})", False
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        return f"unreadable image ({_reason(err)})"
-    return None
+        return f"unreadable image ({_reason(err)})", False
+    return None, native
 
 
 def check_files(paths: Sequence[str], progress_label: str = "checking images"
-                ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+                ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
     """Stat and header-check ``paths`` in a thread pool (the work is I/O): a mask of the
-    readable ones, and ``(path, reason)`` for the others."""
+    readable ones, a mask of those TensorFlow decodes natively, and ``(path, reason)`` for
+    the unreadable ones."""
     def one(path: str):
         try:
             st = os.stat(path)
         except OSError as err:
-            return path, None, f"cannot read ({_reason(err)})"
+            return path, False, f"cannot read ({_reason(err)})"
         if st.st_size == 0:
-            return path, None, "empty file"
-        return path, (st.st_size, st.st_mtime_ns), check_header(path)
+            return path, False, "empty file"
+        reason, native = check_header(path)
+        return path, native, reason
 
     ok = np.ones(len(paths), bool)
+    native = np.zeros(len(paths), bool)
     bad = []
     # Header parsing is Python holding the GIL: more threads than cores only adds switching
     # (they help where the stat and open wait on a network file system).
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         results = pool.map(one, paths)
-        for i, (path, _, reason) in enumerate(progress(results, len(paths), progress_label)):
+        for i, (path, tf_native, reason) in enumerate(progress(results, len(paths),
+                                                                progress_label)):
+            native[i] = tf_native
             if reason is not None:
                 ok[i] = False
                 bad.append((path, reason))
-    return ok, bad
+    return ok, native, bad
 
 
 def is_image_name(name: str) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from kcnn.data.dataset import FileSplit, Split
+from kcnn.data.decode import file_decoder
 from kcnn.data.samplers import IndexSampler
 from kcnn.recipes import schema as S
 
@@ -121,21 +122,24 @@ def shard_batch(idx: np.ndarray, pieces: int) -> list[np.ndarray]:
 def image_loader(split: Split | FileSplit):
     """``idx → float32 images`` for a batch of indices, as a tf.data map function.
 
-    An array split gathers from a constant; a file-backed split reads its decoded
-    cache or decodes the files (Pillow, in a ``tf.numpy_function``: tf.data runs
-    several batches at once, and Pillow decodes without holding the GIL).
+    An array split gathers from a constant; a file-backed split reads its decoded cache
+    (``tf.numpy_function``) or decodes the files in the graph (:func:`file_decoder`).
     """
     if isinstance(split, Split):
         images = tf.constant(split.x)
         return lambda idx: tf.cast(tf.gather(images, idx), tf.float32)
     shape = split.image_shape
+    if split.cache is not None:
+        def from_cache(idx):
+            batch = tf.numpy_function(split.cache.read, [idx], tf.uint8, stateful=False)
+            batch.set_shape((None, *shape))
+            return tf.cast(batch, tf.float32)
 
-    def load(idx):
-        batch = tf.numpy_function(split.load_batch, [idx], tf.uint8, stateful=False)
-        batch.set_shape((None, *shape))
-        return tf.cast(batch, tf.float32)
-
-    return load
+        return from_cache
+    one = file_decoder(split)
+    signature = tf.TensorSpec(shape, tf.uint8)
+    return lambda idx: tf.cast(tf.map_fn(one, idx, fn_output_signature=signature,
+                                         parallel_iterations=16), tf.float32)
 
 
 def train_dataset(

@@ -67,6 +67,12 @@ class Source:
         """(input shape, output width); the width may be None when ``need_outputs`` is false."""
         raise NotImplementedError
 
+    def check(self) -> str:
+        """Cheap checks that the data is there (no image is decoded): a one-line summary, or
+        a :class:`DataError` (``kcnn recipe validate --data``)."""
+        shape, outputs = self.shape(need_outputs=True)
+        return f"{'×'.join(map(str, shape))} images, {outputs} outputs"
+
 
 def make_source(data: S.Data) -> Source:
     return SOURCES.get(data.source.type)(data)
@@ -166,7 +172,7 @@ def _file_split(cfg: S.DirectorySource | S.CsvSource, files: list[str], y: np.nd
     or are left out (``on_bad_image: skip``) and returned as ``(file, reason)``."""
     from kcnn.data.images import check_files
 
-    ok, bad = check_files(files, f"checking {where}")
+    ok, native, bad = check_files(files, f"checking {where}")
     if bad and cfg.on_bad_image == "error":
         path, reason = bad[0]
         more = f" ({len(bad) - 1} more bad files)" if len(bad) > 1 else ""
@@ -175,7 +181,7 @@ def _file_split(cfg: S.DirectorySource | S.CsvSource, files: list[str], y: np.nd
     keep = np.flatnonzero(ok)
     split = FileSplit(np.asarray(files, dtype=object)[keep], y[keep],
                       None if w is None else w[keep], tuple(cfg.image_size),
-                      3 if cfg.color_mode == "rgb" else 1)
+                      3 if cfg.color_mode == "rgb" else 1, native=native[keep])
     return split, bad
 
 
@@ -351,6 +357,21 @@ class DirectorySource(Source):
                 raise DataError(f"{root / cls}: class folder {cls!r} has no readable images")
         return split
 
+    def check(self) -> str:
+        from kcnn.data.images import is_image_name
+
+        root, base, own, classes = self._layout()
+        total = 0
+        for name in ["train" if "train" in own else "", *sorted(own - {"train"})]:
+            folder = root / name if name else base
+            for cls in classes:
+                count = sum(1 for e in (folder / cls).iterdir() if e.is_file()
+                            and is_image_name(e.name)) if (folder / cls).is_dir() else 0
+                if count == 0:
+                    raise DataError(f"{folder / cls}: class folder {cls!r} has no images")
+                total += count
+        return f"{len(classes)} classes, {total:,} image files"
+
     def shape(self, need_outputs: bool = True):
         shape = _file_image_shape(self.cfg)
         if not need_outputs:
@@ -426,6 +447,19 @@ class CsvSource(Source):
         data = self._split_by_column(path, part, whole, names)
         data.skipped = skipped
         return data
+
+    def check(self) -> str:
+        src = self.cfg
+        path, rows = self._rows()
+        table = _Cells(path, rows)
+        root = Path(src.root).expanduser() if src.root else path.parent
+        root = root if root.is_absolute() else path.parent / root
+        for i in range(len(rows)):
+            file = root / table.cell(i, src.image_column)
+            if not file.is_file():
+                raise DataError(f"{path}: line {i + 2}: image file not found: {file}")
+        _, outputs = self.shape(need_outputs=True)
+        return f"{len(rows):,} rows, {outputs} {'targets' if self.regression else 'classes'}"
 
     def _targets(self, table: _Cells) -> tuple[np.ndarray, list[str]]:
         columns = self.label_columns

@@ -1,15 +1,13 @@
 """Per-channel statistics of a training split in one streaming pass (``preprocess.standardize``).
 
 Images are read a chunk at a time (decoded, for a file-backed split, in
-parallel threads), and the chunks' means and squared deviations are combined
+parallel by tf.data), and the chunks' means and squared deviations are combined
 with Chan et al.'s pairwise update, so no float64 copy of the data set is ever
 made. A split larger than ``max_samples`` contributes a fixed seeded sample of
 that many images, which bounds the pass however large the folder is.
 """
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,22 +32,18 @@ def channel_stats(split: Split | FileSplit, max_samples: int, seed: int = 0,
     channels = split.image_shape[-1]
     count, mean, m2 = 0, np.zeros(channels), np.zeros(channels)
 
-    def read(chunk: np.ndarray) -> np.ndarray:
-        if isinstance(split, FileSplit):
-            return split.load_batch(chunk)
-        return split.images(chunk)
-
-    workers = 4 if isinstance(split, FileSplit) and split.cache is None else 1
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for images in progress(pool.map(read, chunks), len(chunks), "image statistics",
-                               min_total=16):
-            x = images.reshape(-1, channels).astype(np.float64) * scale
-            n_b = len(x)
-            mean_b = x.mean(axis=0)
-            m2_b = ((x - mean_b) ** 2).sum(axis=0)
-            delta = mean_b - mean
-            total = count + n_b
-            mean = mean + delta * n_b / total
-            m2 = m2 + m2_b + delta**2 * count * n_b / total
-            count = total
+    if isinstance(split, FileSplit):  # decoded in parallel by tf.data
+        batches = split.iter_images(idx, CHUNK)
+    else:
+        batches = (split.images(chunk) for chunk in chunks)
+    for images in progress(batches, len(chunks), "image statistics", min_total=16):
+        x = images.reshape(-1, channels).astype(np.float64) * scale
+        n_b = len(x)
+        mean_b = x.mean(axis=0)
+        m2_b = ((x - mean_b) ** 2).sum(axis=0)
+        delta = mean_b - mean
+        total = count + n_b
+        mean = mean + delta * n_b / total
+        m2 = m2 + m2_b + delta**2 * count * n_b / total
+        count = total
     return mean, m2 / max(count, 1)

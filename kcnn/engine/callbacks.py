@@ -82,7 +82,7 @@ class RunCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_at is not None:
             return  # never commit an epoch that diverged
-        row = {"epoch": epoch}
+        row = {"epoch": epoch + 1}  # 1-based, as Keras prints "Epoch 1/N"
         row.update({k: _scalar(v) for k, v in (logs or {}).items()})
         row["learning_rate"] = current_lr(self.model.optimizer)
         self.history.append(row)

@@ -8,6 +8,7 @@ fine-tuning runs it too (:func:`kcnn.compress.common.finetune`).
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -64,11 +65,21 @@ def bad_images_as_errors(when: str):
         raise DataError(f"{err.path}: {err.reason} (found {when})") from None
     except Exception as err:
         text = str(err)
-        if BAD_IMAGE_MARKER not in text:
+        hint = "fix or remove the file; data.cache: disk decodes every file before training"
+        if BAD_IMAGE_MARKER in text:
+            detail = text.split(BAD_IMAGE_MARKER, 1)[1].splitlines()[0].strip()
+            raise DataError(f"{detail} (found {when}; {hint})") from None
+        if type(err).__name__ != "InvalidArgumentError" or not _DECODE_ERROR.search(text):
             raise
-        detail = text.split(BAD_IMAGE_MARKER, 1)[1].splitlines()[0].strip()
-        raise DataError(f"{detail} (found {when}; fix or remove the file; data.cache: disk "
-                        f"checks every file before training)") from None
+        from kcnn.data.decode import find_undecodable
+
+        found = find_undecodable()  # TensorFlow's decoders do not name the file
+        if found is None:
+            raise
+        raise DataError(f"{found[0]}: {found[1]} (found {when}; {hint})") from None
+
+
+_DECODE_ERROR = re.compile(r"decode|JPEG|PNG|BMP|GIF|image format|Invalid .* data", re.I)
 
 
 def fit_phases(plan, checkpoint, callbacks: Sequence[Any], state: dict[str, Any],

@@ -27,6 +27,7 @@ from typing import Any
 from kcnn.engine.fit import fit_phases, frozen_comment, restore_checkpoint, training_phases
 from kcnn.engine.prepare import Plan, build_model, prepare, setup_determinism, versions
 from kcnn.engine.rundir import RunDir
+from kcnn.engine.summary import echo, footer, header
 from kcnn.errors import DataError, Interrupted, TrainingError
 from kcnn.io import write_json, write_text
 from kcnn.recipes import dump, load, loads
@@ -77,9 +78,7 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks, epochs=None) -> Pat
         elif state.get("checkpoint"):
             restore_checkpoint(plan, run.checkpoints / state["checkpoint"], int(state["epoch"]) - 1,
                                state.get("rng"))
-        if resume is not None:
-            print(f"Resuming {run.path} at epoch {int(state.get('epoch', 0)) + 1}/"
-                  f"{recipe.train.epochs}", file=sys.stderr)
+        echo(header(plan, run, resumed_from=int(state.get("epoch", 0))))
         checkpoint = make_checkpoint(plan, run, state)
         all_callbacks = [*callbacks, *extra_callbacks(plan, run)]
         with interruptible(run, checkpoint):
@@ -286,6 +285,7 @@ def finalize(plan: Plan, run: RunDir, checkpoint) -> Path:
     metrics["best_epoch"] = (checkpoint.best_epoch + 1) if checkpoint.best_epoch is not None else None
     write_metrics(metrics, run.metrics_for(split), run.plots if recipe.evaluate.plots else None,
                   data.class_names, f"{recipe.name} — {split}", outputs)
+    echo(footer(plan, run, metrics, checkpoint))
     return run.path
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shutil
 import sys
@@ -44,11 +46,16 @@ def check_options(fmt: str, quantize: str | None, calibration: int | None) -> No
 def export_run(run_dir: str | Path, *, fmt: str = "tflite", quantize: str | None = None,
                int8_io: bool = False, calibration: int | None = None, strict: bool = False,
                all_modes: bool = False, out: str | Path | None = None,
-               force: bool = False) -> list[dict[str, Any]]:
+               force: bool = False, quant_report: bool = False,
+               float_layers: str | None = None) -> list[dict[str, Any]]:
     """``kcnn export``: check the options, then export one mode (``quantize``; default the
     recipe's ``export.quantize``), every TFLite mode (``all_modes``) or another format.
-    An existing export is replaced only with ``force``. Returns the reports."""
+    An existing export is replaced only with ``force``. Returns the reports.
+    ``quant_report``/``float_layers``: see :func:`export_tflite`."""
+    from kcnn.export.report import check_report_options
+
     check_options(fmt, quantize, calibration)
+    check_report_options(quantize, int8_io, quant_report, float_layers, all_modes)
     run = _open_run(run_dir)
     if all_modes:
         return export_all(run_dir, calibration=calibration, force=force)
@@ -59,7 +66,8 @@ def export_run(run_dir: str | Path, *, fmt: str = "tflite", quantize: str | None
 
         quantize = load(run.recipe).export.quantize
     return [export_tflite(run_dir, mode=quantize, out=out, calibration=calibration,
-                          int8_io=int8_io, strict=strict, force=force)]
+                          int8_io=int8_io, strict=strict, force=force,
+                          quant_report=quant_report, float_layers=float_layers)]
 
 
 def refuse_overwrite(path: Path, force: bool) -> None:
@@ -130,6 +138,7 @@ def verify(content: bytes, keras_model, data, split: str, mode: str, batch_size:
         "split": split,
         "num_samples": int(len(part)),
         "size_bytes": len(content),
+        "gzip_bytes": len(gzip.compress(content, 9)),  # weight sharing shows here
         **scores,
         "latency_ms_median": tfl.latency_ms(part.images([0])[0], runs=latency_runs),
         "latency_runs": latency_runs,
@@ -144,17 +153,27 @@ def verify(content: bytes, keras_model, data, split: str, mode: str, batch_size:
 
 def export_tflite(run_dir: str | Path, *, mode: str = "none", out: str | Path | None = None,
                   calibration: int | None = None, int8_io: bool = False, strict: bool = False,
-                  split: str = "test", latency_runs: int = 100, force: bool = False
+                  split: str = "test", latency_runs: int = 100, force: bool = False,
+                  quant_report: bool = False, float_layers: str | None = None
                   ) -> dict[str, Any]:
+    """One TFLite mode. ``quant_report`` (int8, int16x8): per-layer error against the float
+    model in ``quant_report.json`` beside the export (:mod:`kcnn.export.report`);
+    ``float_layers`` (int8): a regular expression of layer names kept in float."""
     from kcnn.data.sources import load_dataset
+    from kcnn.export.report import check_report_options
     from kcnn.recipes import load
     from kcnn.saving import load_keras_model
 
     check_options("tflite", mode, calibration)  # bad options fail before any work
+    check_report_options(mode, int8_io, quant_report, float_layers)
     run = _open_run(run_dir)
     out = Path(out) if out else default_out(run, "tflite", mode, int8_io)
     refuse_overwrite(out, force)
-    from kcnn.export.tflite import balanced_calibration, convert
+    from kcnn.export.tflite import (
+        balanced_calibration,
+        convert_with_float_layers,
+        exclude_requested_float,
+    )
 
     _quiet_tensorflow()
     recipe = load(run.recipe)
@@ -162,8 +181,10 @@ def export_tflite(run_dir: str | Path, *, mode: str = "none", out: str | Path | 
     data = load_dataset(recipe.data)
     model = load_keras_model(run.model)
     samples = balanced_calibration(data.train, data.sampler_labels, n_cal, recipe.seed)
-    content = convert(model, mode, samples, int8_io=int8_io)
+    content, quantizer, kept_float = convert_with_float_layers(
+        model, mode, samples, int8_io=int8_io, float_layers=float_layers, quantizer=quant_report)
     report = verify(content, model, data, split, mode, recipe.train.batch_size, latency_runs)
+    exclude_requested_float(report, kept_float)
     if report["float_fallback_layers"] or report["float_fallback_ops"]:
         names = ", ".join(report["float_fallback_layers"]) or ", ".join(report["float_fallback_ops"])
         if strict:
@@ -175,6 +196,12 @@ def export_tflite(run_dir: str | Path, *, mode: str = "none", out: str | Path | 
               f"QUANTIZE/DEQUANTIZE: {names}", file=sys.stderr)
     with atomic_path(out) as tmp:
         tmp.write_bytes(content)
+    if quant_report:
+        from kcnn.export.report import write_quant_report
+
+        report["quant_report"] = write_quant_report(
+            out.parent / "quant_report.json", model, content, data.split(split), mode=mode,
+            seed=recipe.seed, quantizer=quantizer, float_layers=kept_float)
     report.update({"format": "tflite", "quantize": mode, "int8_io": int8_io, "file": str(out),
                    "calibration_samples": int(len(samples)) if mode in ("int8", "int16x8") else 0,
                    "run": str(run.path)})
@@ -225,47 +252,66 @@ def export_all(run_dir: str | Path, *, calibration: int | None = None,
         refuse_overwrite(default_out(run, "tflite", mode), force)
     reports = [export_tflite(run_dir, mode=m, calibration=calibration, latency_runs=latency_runs,
                              force=True) for m in quantize_modes()]
-    write_text(run.path / "exports" / "comparison.md", comparison_table(reports) + "\n")
-    write_json(run.path / "exports" / "comparison.json", reports)
+    table = comparison_file(run.path)
+    write_text(table, comparison_table(reports) + "\n")
+    write_json(table.with_suffix(".json"), reports)
     return reports
 
 
-def comparison_table(reports: list[dict[str, Any]]) -> str:
+def comparison_file(run_path: str | Path) -> Path:
+    """Where ``kcnn export --all`` writes its table (``comparison.json`` beside it)."""
+    return Path(run_path) / "exports" / "comparison.md"
+
+
+def float_baseline(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's float export report (``exports/none/export_report.json``) to compare a
+    quantized export with; ``None`` for a float export or when there is none."""
+    if report.get("quantize") in (None, "none") or not report.get("run"):
+        return None
+    path = Path(report["run"]) / "exports" / "none" / "export_report.json"
+    try:
+        base = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(base, dict) or not base.get("size_bytes") or not base.get("latency_ms_median"):
+        return None
+    return {**base, "file": base.get("file", str(path.parent / "model.tflite"))}
+
+
+def comparison_table(reports: list[dict[str, Any]],
+                     baseline: dict[str, Any] | None = None) -> str:
+    """A markdown table of export reports. Size and latency are given as ratios to
+    ``baseline`` (default: the float export among ``reports``); without one, those
+    columns are left out."""
+    base = baseline or next((r for r in reports if r.get("quantize") == "none"), None)
+    if len(reports) == 1 and reports[0] is base:  # a float export alone: nothing to compare
+        base = None
     if reports and "mse" in reports[0]:
-        return _regression_table(reports)
-    base = next((r["size_bytes"] for r in reports if r.get("quantize") == "none"), None)
-    base_lat = next((r["latency_ms_median"] for r in reports if r.get("quantize") == "none"), None)
-    lines = [
-        "| mode | size (KiB) | × float | accuracy | Keras accuracy | agreement | max abs logit diff | latency (ms) | × float | float fallback |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in reports:
-        diff = r.get("max_abs_logit_diff")
-        lines.append(
-            f"| {r['quantize']} | {r['size_bytes'] / 1024:.1f} | "
-            f"{r['size_bytes'] / base:.2f} | " if base else f"| {r['quantize']} | {r['size_bytes'] / 1024:.1f} | – | "
-        )
-        lines[-1] += (
-            f"{r['accuracy']:.4f} | {r['keras_accuracy']:.4f} | {r['agreement']:.4f} | "
-            f"{'–' if diff is None else f'{diff:.2e}'} | {r['latency_ms_median']:.3f} | "
-            f"{(r['latency_ms_median'] / base_lat) if base_lat else float('nan'):.2f} | "
-            f"{', '.join(r.get('float_fallback_layers') or r.get('float_fallback_ops') or []) or 'none'} |"
-        )
-    return "\n".join(lines)
-
-
-def _regression_table(reports: list[dict[str, Any]]) -> str:
-    base = next((r for r in reports if r.get("quantize") == "none"), None)
-    lines = [
-        "| mode | size (KiB) | × float | mse | Keras mse | mae | max abs output diff | latency (ms) | × float |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in reports:
-        size = f"{r['size_bytes'] / base['size_bytes']:.2f}" if base else "–"
-        lat = f"{r['latency_ms_median'] / base['latency_ms_median']:.2f}" if base else "–"
-        lines.append(
-            f"| {r['quantize']} | {r['size_bytes'] / 1024:.1f} | {size} | {r['mse']:.4g} | "
-            f"{r['keras_mse']:.4g} | {r['mae']:.4g} | {r['max_abs_output_diff']:.2e} | "
-            f"{r['latency_ms_median']:.3f} | {lat} |"
-        )
+        columns = [("mse", lambda r: f"{r['mse']:.4g}"),
+                   ("Keras mse", lambda r: f"{r['keras_mse']:.4g}"),
+                   ("mae", lambda r: f"{r['mae']:.4g}"),
+                   ("max abs output diff", lambda r: f"{r['max_abs_output_diff']:.2e}")]
+    else:
+        columns = [
+            ("accuracy", lambda r: f"{r['accuracy']:.4f}"),
+            ("Keras accuracy", lambda r: f"{r['keras_accuracy']:.4f}"),
+            ("agreement", lambda r: f"{r['agreement']:.4f}"),
+            ("max abs logit diff", lambda r: "–" if r.get("max_abs_logit_diff") is None
+             else f"{r['max_abs_logit_diff']:.2e}"),
+        ]
+    columns = [("mode", lambda r: r["quantize"]),
+               ("size (KiB)", lambda r: f"{r['size_bytes'] / 1024:.1f}"),
+               *([("size vs float", lambda r: f"{r['size_bytes'] / base['size_bytes']:.2f}×")]
+                 if base else []),
+               *columns,
+               ("latency (ms)", lambda r: f"{r['latency_ms_median']:.3f}"),
+               *([("latency vs float",
+                   lambda r: f"{r['latency_ms_median'] / base['latency_ms_median']:.2f}×")]
+                 if base else [])]
+    if reports and "mse" not in reports[0]:
+        columns.append(("float fallback", lambda r: ", ".join(
+            r.get("float_fallback_layers") or r.get("float_fallback_ops") or []) or "none"))
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in reports]
     return "\n".join(lines)

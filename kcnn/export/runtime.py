@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from kcnn.errors import KcnnError
+from kcnn.quiet import native_stderr_muted
 
 
 class TFLiteModel:
@@ -25,11 +26,12 @@ class TFLiteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         self.content = Path(content).read_bytes() if isinstance(content, (str, Path)) else content
-        try:
-            self.interpreter = Interpreter(model_content=self.content, num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except Exception as err:
-            raise KcnnError(f"cannot load TFLite model ({type(err).__name__}: {err})") from None
+        with native_stderr_muted():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+            try:
+                self.interpreter = Interpreter(model_content=self.content, num_threads=num_threads)
+                self.interpreter.allocate_tensors()
+            except Exception as err:
+                raise KcnnError(f"cannot load TFLite model ({type(err).__name__}: {err})") from None
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self._batch = int(self.input["shape"][0])

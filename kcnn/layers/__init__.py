@@ -12,7 +12,9 @@ and model builders import it).
 """
 
 from kcnn.layers.binary import BinaryConv2D, BinaryDense
+from kcnn.layers.clustered import ClusteredConv2D, ClusteredDense, ClusteredDepthwiseConv2D  # noqa: F401  (registered for .keras; made by `kcnn compress cluster`, not recipes)
 from kcnn.layers.deformable_conv import DeformableConv2D
+from kcnn.layers.fake_quant import FakeQuant  # noqa: F401  (registered for .keras; used by `kcnn compress qat`)
 from kcnn.layers.highway import HighwayConv2D, HighwayDense, highway_gate_bias
 from kcnn.layers.lp_pooling import LpPooling2D
 from kcnn.layers.lrn import LocalResponseNormalization

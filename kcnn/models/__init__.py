@@ -4,7 +4,18 @@ Importing this package does not import Keras; builders do when called.
 """
 
 # Importing the family modules registers their builders.
-from kcnn.models import alexnet, highway, layer_list, nin, resnet, simple, vgg  # noqa: F401
+from kcnn.models import (  # noqa: F401
+    alexnet,
+    highway,
+    layer_list,
+    mobilenet,
+    nin,
+    resnet,
+    shufflenet,
+    simple,
+    squeezenet,
+    vgg,
+)
 from kcnn.models.registry import (
     MODELS,
     builder_params,

@@ -61,7 +61,8 @@ def fully_convolutional(model):
     flattens = [layer for layer in model.layers if isinstance(layer, keras.layers.Flatten)]
     if not flattens:
         raise KcnnError(f"model {model.name!r} has no Flatten → Dense head to convert (a "
-                        f"'gap' or 'conv' head is already fully convolutional)")
+                        f"'gap' or 'conv' head is already fully convolutional; 'pool_fc' "
+                        f"pools any map size before its FC layer)")
     if len(flattens) > 1:
         raise KcnnError(f"model {model.name!r} has {len(flattens)} Flatten layers; expected one")
     flatten = flattens[0]

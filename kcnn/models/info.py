@@ -165,21 +165,38 @@ def layer_receptive_field(layer, in_fields, in_shapes, out_shape):
 # ----------------------------------------------------------------------------- MACs
 
 
+def _output_positions(layer, out_shape) -> int:
+    """Spatial positions of a convolution's output (1D, 2D or 3D, either data format)."""
+    rank = len(out_shape) - 2
+    if rank < 1:
+        return 1
+    dims = out_shape[2:] if getattr(layer, "data_format", None) == "channels_first" \
+        else out_shape[1:1 + rank]
+    return math.prod(dims)
+
+
 def layer_macs(layer, in_shapes, out_shape) -> int:
-    """Multiply-accumulates of one call of ``layer`` (batch size 1)."""
+    """Multiply-accumulates of one call of ``layer`` (batch size 1).
+
+    Per output position: a convolution ``k^d · C_in / groups`` for each of its
+    ``C_out`` outputs (grouped convolutions: each filter sees its group only);
+    a depthwise convolution ``k^d`` for each of its ``C_in · depth_multiplier``
+    outputs; a separable convolution its depthwise part plus the 1×1
+    ``C_in · depth_multiplier → C_out`` pointwise part.
+    """
     name = type(layer).__name__
     if not in_shapes or out_shape is None or any(d is None for d in out_shape[1:]):
         return 0
     in_shape = in_shapes[0]
     axes = _spatial_axes(layer)
     positions = math.prod(out_shape[a] for a in axes) if len(out_shape) == 4 else 1
-    if name == "DepthwiseConv2D":
-        kh, kw = _pair(layer.kernel_size)
-        return positions * _channels(out_shape, layer) * kh * kw
-    if name == "SeparableConv2D":
-        kh, kw = _pair(layer.kernel_size)
+    if name in ("DepthwiseConv1D", "DepthwiseConv2D"):
+        window = math.prod(layer.kernel_size)
+        return _output_positions(layer, out_shape) * _channels(out_shape, layer) * window
+    if name in ("SeparableConv1D", "SeparableConv2D"):
+        window = math.prod(layer.kernel_size)
         mid = _channels(in_shape, layer) * layer.depth_multiplier
-        return positions * (mid * kh * kw + mid * _channels(out_shape, layer))
+        return _output_positions(layer, out_shape) * mid * (window + _channels(out_shape, layer))
     if name == "Conv2DTranspose":
         kh, kw = _pair(layer.kernel_size)
         in_pos = math.prod(in_shape[a] for a in axes)
@@ -189,9 +206,7 @@ def layer_macs(layer, in_shapes, out_shape) -> int:
         if kernel is None:
             return 0
         per_output = math.prod(kernel.shape[:-1])  # kernel (kh, kw, in/groups, out)
-        rank = len(out_shape) - 2
-        return math.prod(out_shape[1:1 + rank] if layer.data_format != "channels_first"
-                         else out_shape[2:]) * _channels(out_shape, layer) * per_output
+        return _output_positions(layer, out_shape) * _channels(out_shape, layer) * per_output
     if name == "Dense":
         return math.prod(out_shape[1:-1]) * in_shape[-1] * out_shape[-1]
     if name == "HighwayConv2D":  # transform and gate convolutions

@@ -28,7 +28,17 @@ from kcnn.recipes import schema as S
 from kcnn.recipes import yamlio
 from kcnn.registry import did_you_mean
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+def _recipes_dir() -> Path:
+    """The bundled recipes: ``kcnn/recipes/bundled/`` in an installed wheel (setup.py maps
+    the top-level ``recipes/`` folder there at build time), the top-level folder itself
+    in a source tree or an editable install."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "bundled"
+    return packaged if packaged.is_dir() else here.parents[1] / "recipes"
+
+
+RECIPES_DIR = _recipes_dir()
 
 
 # ----------------------------------------------------------------------------- YAML

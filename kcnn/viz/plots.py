@@ -25,7 +25,7 @@ def save_figure(fig, path: Path) -> Path:
 
 def training_curves(history: Sequence[dict[str, Any]], path: Path) -> Path:
     """Loss, accuracy (or mae, for regression) and learning rate per epoch, train and validation."""
-    epochs = [h["epoch"] + 1 for h in history]
+    epochs = [h["epoch"] for h in history]  # history epochs are 1-based
     panels = [("loss", "loss"), ("accuracy", "accuracy"), ("mae", "mean absolute error"),
               ("learning_rate", "learning rate")]
     panels = [p for p in panels if any(p[0] in h for h in history)]

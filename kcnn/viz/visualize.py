@@ -176,13 +176,28 @@ def plot_feature_maps(model, image: np.ndarray, layer_name: str, path: Path,
     fig, axes = _figure(len(shown) + 1)
     _show(axes[0], image[0])
     axes[0].set_title("input", fontsize=7)
+    # One colour scale for every map, so maps compare with each other and the bar reads.
+    lo, hi = float(np.min(shown)), float(np.max(shown))
+    hi = hi if hi > lo else lo + 1.0
+    im = None
     for i, (ax, fmap) in enumerate(zip(axes[1:], shown)):
-        ax.imshow(fmap, cmap="viridis", interpolation="nearest")
+        im = ax.imshow(fmap, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
         ax.set_title(str(i), fontsize=6)
+    _colorbar(fig, im, axes, "activation")
     fig.suptitle(f"{layer_name}: {maps.shape[-1]} maps {maps.shape[0]}×{maps.shape[1]}"
-                 + (f" (first {max_maps})" if maps.shape[-1] > max_maps else ""), fontsize=9)
+                 + (f" (first {max_maps})" if maps.shape[-1] > max_maps else "")
+                 + ", one colour scale", fontsize=9)
     _save(fig, path)
     return {"path": path, "layer": layer_name, "maps": maps}
+
+
+def _colorbar(fig, image, axes, label: str) -> None:
+    """A slim colour bar for ``image``'s scale, beside ``axes``."""
+    if image is None:
+        return
+    bar = fig.colorbar(image, ax=list(np.ravel(axes)), fraction=0.035, pad=0.03, shrink=0.9)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
 
 
 # ----------------------------------------------------------------------------- saliency
@@ -217,11 +232,13 @@ def plot_saliency(model, image: np.ndarray, path: Path, class_names: Sequence[st
         ax.axis("off")
     _show(axes[0], image[0])
     axes[0].set_title("input", fontsize=8)
-    axes[1].imshow(sal, cmap="hot", interpolation="nearest")
+    vmax = float(sal.max()) or 1.0
+    im = axes[1].imshow(sal, cmap="hot", vmin=0, vmax=vmax, interpolation="nearest")
     axes[1].set_title("|∂ score / ∂ pixel|", fontsize=8)
     _show(axes[2], image[0])
-    axes[2].imshow(sal, cmap="hot", alpha=0.55, interpolation="bilinear")
+    axes[2].imshow(sal, cmap="hot", vmin=0, vmax=vmax, alpha=0.55, interpolation="bilinear")
     axes[2].set_title("overlay", fontsize=8)
+    _colorbar(fig, im, axes, "|gradient| (max over channels)")
     fig.suptitle(f"saliency for the predicted class {label}", fontsize=9)
     _save(fig, path)
     return {"path": path, "predicted": predicted, "saliency": sal, "scores": scores}
@@ -261,7 +278,8 @@ def top_patches(model, layer_name: str, images: np.ndarray, per_channel: int = 8
             top = int(round(rf.start[0] + i * rf.jump[0] - (size[0] - 1) / 2)) + pad
             left = int(round(rf.start[1] + j * rf.jump[1] - (size[1] - 1) / 2)) + pad
             patches[row_i, col] = padded[img, top:top + size[0], left:left + size[1]]
-    return {"channels": order, "patches": patches, "receptive_field": rf}
+    return {"channels": order, "patches": patches, "receptive_field": rf, "num_channels": c,
+            "num_images": n}
 
 
 def plot_top_patches(model, layer_name: str, images: np.ndarray, path: Path,
@@ -288,8 +306,15 @@ def plot_top_patches(model, layer_name: str, images: np.ndarray, path: Path,
         axes[r, 0].text(-0.15, 0.5, f"ch {found['channels'][r]}", transform=axes[r, 0].transAxes,
                         ha="right", va="center", fontsize=7)
     size = found["receptive_field"].size
+    total = found["num_channels"]
+    picked = (f"all {total} channels" if rows == total else
+              f"{rows} of {total} channels: the strongest peak responses")
+    height = fig.get_size_inches()[1]
+    fig.subplots_adjust(top=1 - 0.75 / height)
     fig.suptitle(f"{layer_name}: the image patches ({size[0]}×{size[1]}, the receptive field) "
-                 f"that excite each channel most\n(blue: outside the image)", fontsize=9)
+                 f"that excite a channel most\n{picked} over {found['num_images']} test images, "
+                 f"strongest first\neach row: the channel's {cols} best images "
+                 f"(blue: outside the image)", fontsize=8)
     _save(fig, path)
     return {"path": path, **found}
 
@@ -314,8 +339,13 @@ def pixel_scale(recipe) -> float:
 
 def visualize(target: str | Path, *, filters: Sequence[str] = (), feature_maps: str | None = None,
               layers: Sequence[str] = (), saliency_image: str | None = None,
-              patches: Sequence[str] = (), out: str | Path | None = None) -> list[Path]:
+              patches: Sequence[str] = (), deconv: Sequence[str] = (), channels: int = 9,
+              top: int = 9, guided: bool = False, out: str | Path | None = None) -> list[Path]:
     """Write the requested PNGs for a run (or a ``.keras`` file); returns their paths.
+
+    ``deconv``: deconvnet projections (:mod:`kcnn.viz.deconv`) of the ``top`` strongest
+    activations of each layer's ``channels`` most active channels (``guided``: guided
+    backprop instead).
 
     With no request at all, draws the first convolution's filters.
     """
@@ -324,9 +354,11 @@ def visualize(target: str | Path, *, filters: Sequence[str] = (), feature_maps: 
         raise KcnnError("--feature-maps needs --layer LAYER (one or more)")
     if layers and not feature_maps:
         raise KcnnError("--layer goes with --feature-maps IMAGE")
+    from kcnn.viz.deconv import check_options as check_deconv
+    check_deconv(deconv, channels, top, guided)
     model, run, recipe, names = _run_context(target)
     out_dir = Path(out) if out else (run.plots if run else target.parent / "plots")
-    if not (filters or feature_maps or saliency_image or patches):
+    if not (filters or feature_maps or saliency_image or patches or deconv):
         filters = ["first"]
     written = []
     for name in filters:
@@ -358,4 +390,8 @@ def visualize(target: str | Path, *, filters: Sequence[str] = (), feature_maps: 
         for name in patches:
             written.append(plot_top_patches(model, name, images,
                                             out_dir / f"patches_{_safe(name)}.png")["path"])
+    if deconv:
+        from kcnn.viz.deconv import deconv_run
+        written += deconv_run(model, recipe, deconv, out_dir, channels=channels, top=top,
+                              guided=guided)
     return written

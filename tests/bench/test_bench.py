@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from kcnn.errors import KcnnError
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -17,7 +21,7 @@ def test_bench_synthetic_compare_plain_writes_json(tiny_recipe, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["batch_size"] == 16 and result["input_shape"] == [8, 8, 1]
-    assert result["kcnn"]["timed_steps"] == 8 and result["plain"]["timed_steps"] == 8
+    assert result["kcnn"]["timed_steps"] == 9 and result["plain"]["timed_steps"] == 9  # 12 - 3
     assert result["kcnn"]["images_per_s"] > 0
     assert abs(result["ratio"] - result["kcnn"]["images_per_s"] / result["plain"]["images_per_s"]) < 1e-9
     assert "ratio kcnn/plain" in res.stdout
@@ -39,7 +43,18 @@ def test_synthetic_bench_runs_on_jax_without_tensorflow(tiny_recipe):
     res = subprocess.run([sys.executable, "-c", NO_TF, str(tiny_recipe)], capture_output=True,
                          text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "BACKEND jax kcnn model, NumPy arrays (no TensorFlow installed) 3" in res.stdout
+    assert "BACKEND jax kcnn model, NumPy arrays (no TensorFlow installed) 4" in res.stdout
+
+
+def test_timed_steps_are_steps_minus_warmup():
+    from kcnn.bench import _rate
+
+    stamps = [0.0] + [float(i) for i in range(1, 21)]  # start, then 20 steps of 1 s each
+    rate = _rate(stamps, warmup=5, batch=4)
+    assert rate["timed_steps"] == 15 and rate["steps_per_s"] == 1.0 and rate["images_per_s"] == 4.0
+    assert _rate(stamps, warmup=0, batch=1)["timed_steps"] == 20
+    with pytest.raises(KcnnError, match="--steps must exceed --warmup"):
+        _rate(stamps, warmup=20, batch=1)
 
 
 def test_bench_bad_steps_exit_2(tiny_recipe):

@@ -134,7 +134,7 @@ def test_train_evaluate_cli_and_kill_9_resume(tiny_recipe_dict, tmp_path):
     assert res.stdout.strip().splitlines()[-1] == str(run)
     assert json.loads(state.read_text())["epoch"] == 4
     rows = (run / "history.csv").read_text().strip().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(4)]
+    assert [r.split(",")[0] for r in rows[1:]] == [str(e) for e in range(1, 5)]  # 1-based
     assert not list(run.rglob("*.tmp*")), "no temp files left behind"
 
     ev = kcnn("evaluate", run, "--json")

@@ -8,6 +8,8 @@ import sys
 import keras
 import pytest
 
+from tests.conftest import noise_lines
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 ENV.pop("KCNN_DEBUG", None)
 
@@ -28,6 +30,10 @@ def test_filter_prune_cli_writes_a_thinner_run(trained_run, tmp_path):
     lines = res.stdout.strip().splitlines()
     assert lines[-1] == str(out)
     assert any(line.startswith("| MACs |") for line in lines)
+    assert any(line.startswith("| accuracy (test split) |") for line in lines)
+    assert "(accuracy on the test split)" in res.stderr
+    assert "after 1 fine-tuning epoch " in res.stderr and "fine-tuning epochs" not in res.stderr
+    assert noise_lines(res.stderr) == []  # e.g. no tf.function retracing warnings
     info = json.loads((out / "compress.json").read_text())
     assert info["method"] == "prune-filter" and info["source_run"] == str(trained_run.resolve())
     assert info["channels"] == {"conv1_1": [8, 4], "conv2_1": [16, 8], "logits": [10, 10]}

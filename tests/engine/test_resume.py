@@ -21,7 +21,7 @@ import pytest
 
 from kcnn.engine.rundir import RunDir
 from kcnn.engine.train import train
-from kcnn.errors import KcnnError
+from kcnn.errors import Interrupted, KcnnError
 from kcnn.recipes import load, loads
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,3 +216,58 @@ def test_files_follow_the_umask_and_exports_are_not_overwritten(real_recipe, uni
         os.umask(old)
     assert api.default_out(RunDir(run), "tflite", "int8", int8_io=True).parent.name == "int8_io"
     assert api.default_out(RunDir(run), "tflite", "int8").parent.name == "int8"
+
+
+class RaiseAt(keras.callbacks.Callback):
+    """Ctrl-C in the middle of ``epoch`` (0-based), after ``batch`` batches."""
+
+    def __init__(self, epoch: int, batch: int = 1):
+        super().__init__()
+        self.at, self.epoch = (epoch, batch), 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == self.at:
+            raise KeyboardInterrupt
+
+
+SMALL = REAL.replace("samples_per_class: 24", "samples_per_class: 12").replace(
+    "filters: [6, 8]", "filters: [4, 6]")
+VARIANTS = {
+    "shuffle": "  sampler: {type: shuffle}\n",
+    "batch_downsample": "  sampler: {type: batch_downsample}\n",
+    "label_shuffling": "  sampler: {type: label_shuffling}\n",
+    "freeze_phases": "train_unfreeze",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_interrupt_then_resume_is_exact_for_samplers_and_freeze_phases(variant, tmp_path):
+    text = SMALL
+    if VARIANTS[variant] == "train_unfreeze":
+        text = text.replace("  epochs: 3\n", "  epochs: 3\n  unfreeze: {start_top: 1, every: 1}\n")
+    else:
+        text = text.replace("  sampler: {type: class_balanced}\n", VARIANTS[variant])
+    recipe = loads(text)
+    full = train(recipe, run_dir=tmp_path / "full")
+    with pytest.raises(Interrupted):
+        train(recipe, run_dir=tmp_path / "cut", callbacks=[RaiseAt(epoch=1)])
+    resumed = train(resume=tmp_path / "cut")
+    assert rows(resumed) == rows(full)
+    for a, b in zip(weights(resumed), weights(full)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_interrupt_then_resume_is_exact_with_distillation(trained_run, tmp_path):
+    recipe = loads(SMALL + f"distill: {{teacher: {trained_run}, temperature: 3, alpha: 0.7}}\n")
+    full = train(recipe, run_dir=tmp_path / "full")
+    with pytest.raises(Interrupted):
+        train(recipe, run_dir=tmp_path / "cut", callbacks=[RaiseAt(epoch=2)])
+    resumed = train(resume=tmp_path / "cut")
+    assert rows(resumed) == rows(full)
+    for a, b in zip(weights(resumed), weights(full)):
+        np.testing.assert_array_equal(a, b)

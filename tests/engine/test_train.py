@@ -44,7 +44,7 @@ def test_tiny_train_then_evaluate(tiny_recipe, tmp_path):
     assert [r["support"] for r in metrics["per_class"]] == cm.sum(axis=1).tolist()
 
     rows = history_rows(run)
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # as the console numbers them
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(rows[0])
 
     again = evaluate(run, split="test")
@@ -93,7 +93,7 @@ def test_resume_after_mid_epoch_interrupt_matches_uninterrupted_run(tiny_recipe,
     assert not (tmp_path / "cut" / "metrics.json").exists()
 
     resumed = train(resume=tmp_path / "cut")
-    assert [int(r["epoch"]) for r in history_rows(resumed)] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in history_rows(resumed)] == [1, 2, 3]
     assert RunDir(resumed).read_state()["epoch"] == 3
     # Same data order, augmentation, optimizer state and schedule position: same model.
     m_full = keras.saving.load_model(full / "model.keras", compile=False)

@@ -26,6 +26,9 @@ DIGITS_VARIANTS = {
     "resnet_digits": "resnet",
     "highway_digits": "highway",
     "layers_digits": "layers",
+    "squeezenet_digits": "squeezenet",
+    "mobilenet_digits": "mobilenet",
+    "shufflenet_digits": "shufflenet",
 }
 
 

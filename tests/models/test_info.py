@@ -114,6 +114,49 @@ def test_grouped_convolution_and_dense_macs():
     assert info.macs == 4 * 4 * 8 * 9 * 2 + 128 * 3
 
 
+def test_depthwise_separable_and_grouped_macs():
+    # Howard et al. 2017, Eq. 5: a depthwise separable layer costs
+    # Dk·Dk·M·Df·Df + M·N·Df·Df against Dk·Dk·M·N·Df·Df for a standard convolution.
+    inputs = keras.Input((8, 8, 4))
+    dw = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2,
+                                      name="dw")(inputs)                       # 4×4×8
+    sep = keras.layers.SeparableConv2D(6, 3, padding="same", depth_multiplier=1,
+                                       name="sep")(dw)                         # 4×4×6
+    sep2 = keras.layers.SeparableConv2D(5, 3, strides=2, padding="valid", depth_multiplier=3,
+                                        name="sep2")(sep)                      # 1×1×5
+    grouped = keras.layers.Conv2D(8, 1, groups=4, name="g")(dw)               # 4×4×8
+    full = keras.layers.Conv2D(8, 3, padding="same", name="full")(dw)
+    model = keras.Model(inputs, [sep2, grouped, full])
+    info = analyze(model)
+    assert info.layer("dw").macs == 4 * 4 * 8 * 9
+    assert info.layer("sep").macs == 4 * 4 * (8 * 9 + 8 * 6)
+    assert info.layer("sep2").macs == 1 * 1 * (6 * 3 * 9 + 6 * 3 * 5)
+    assert info.layer("g").macs == 4 * 4 * 8 * (8 // 4)
+    assert info.layer("full").macs == 4 * 4 * 8 * 9 * 8
+    # the separable layer against the standard 3×3 convolution it replaces: 1/N + 1/Dk²
+    assert info.layer("sep").macs / (4 * 4 * 9 * 8 * 6) == pytest.approx(1 / 6 + 1 / 9)
+    assert info.layer("dw").params == 9 * 8 + 8
+
+
+def test_one_dimensional_depthwise_and_separable_macs():
+    model = graph((10, 3), keras.layers.DepthwiseConv1D(3, depth_multiplier=2, name="dw1"),
+                  keras.layers.SeparableConv1D(4, 3, name="sep1"))
+    info = analyze(model)
+    assert info.layer("dw1").macs == 8 * 6 * 3        # 8 positions, 6 channels, k = 3
+    assert info.layer("sep1").macs == 6 * (6 * 3 + 6 * 4)
+
+
+def test_mobilenet_v2_block_macs_by_hand():
+    model = create_model("mobilenet_v2", num_classes=10, input_shape=(16, 16, 1), alpha=0.35,
+                         small_input=True)
+    info = analyze(model)
+    # block2: 8 → 48 (1×1 at 16×16), 3×3 depthwise (stride 1 on small inputs), 48 → 8
+    assert info.layer("block2_expand").macs == 16 * 16 * 8 * 48
+    assert info.layer("block2_dw").macs == 16 * 16 * 48 * 9
+    assert info.layer("block2_project").macs == 16 * 16 * 48 * 8
+    assert info.macs == sum(row.macs for row in info.layers)
+
+
 def test_json_and_table():
     model = create_model("resnet20", num_classes=10, input_shape=(32, 32, 3), width=4)
     info = analyze(model)

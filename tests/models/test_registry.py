@@ -17,6 +17,9 @@ FAMILIES = {
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "highway_cifar",
     "layers",
+    "squeezenet1_0", "squeezenet1_1",
+    "mobilenet_v1", "mobilenet_v2",
+    "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0",
 }
 COMMON = ("num_classes", "input_shape", "dropout", "batch_norm", "pooling", "head")
 
@@ -32,6 +35,11 @@ SMALL = {
     "simple_cnn": {"filters": [4, 8]},
     "layers": {"layers": [{"type": "conv", "filters": 4}, "pool",
                           {"residual": [{"type": "conv", "filters": 8}]}]},
+    # The compact families build their small-input stems at 32×32 (auto below 64 px).
+    "squeezenet1_0": {"width": 0.125},
+    "squeezenet1_1": {"width": 0.125},
+    "mobilenet_v1": {"alpha": 0.125},
+    "mobilenet_v2": {"alpha": 0.1, "dropout": 0.0},
 }
 for _name in FAMILIES:
     if _name.startswith("vgg"):
