@@ -51,6 +51,20 @@ def noise_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if NOISE.search(line)]
 
 
+def random_bn(model, seed: int = 0) -> None:
+    """Non-trivial BatchNormalization weights and statistics, so that slicing or folding
+    them wrongly shows in a test."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(size=c),
+                               rng.normal(size=c), rng.uniform(0.5, 2.0, c)])
+
+
 def write_recipe(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

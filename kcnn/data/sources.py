@@ -421,18 +421,25 @@ class CsvSource(Source):
             raise DataError(f"{path}: the CSV file has a header but no rows")
         return path, rows
 
-    def read(self) -> SourceData:
+    def _image_files(self, path: Path, table: _Cells) -> list[str]:
+        """Every row's image path (relative to ``root``, default the CSV's folder), checked
+        to exist."""
         src = self.cfg
-        path, rows = self._rows()
-        table = _Cells(path, rows)
         root = Path(src.root).expanduser() if src.root else path.parent
         root = root if root.is_absolute() else path.parent / root
         files = []
-        for i in range(len(rows)):
+        for i in range(len(table)):
             file = root / table.cell(i, src.image_column)
             if not file.is_file():
                 raise DataError(f"{path}: line {i + 2}: image file not found: {file}")
             files.append(str(file))
+        return files
+
+    def read(self) -> SourceData:
+        src = self.cfg
+        path, rows = self._rows()
+        table = _Cells(path, rows)
+        files = self._image_files(path, table)
         y, names = self._targets(table) if self.regression else self._labels(table)
         w = None
         if src.weight_column:
@@ -449,15 +456,8 @@ class CsvSource(Source):
         return data
 
     def check(self) -> str:
-        src = self.cfg
         path, rows = self._rows()
-        table = _Cells(path, rows)
-        root = Path(src.root).expanduser() if src.root else path.parent
-        root = root if root.is_absolute() else path.parent / root
-        for i in range(len(rows)):
-            file = root / table.cell(i, src.image_column)
-            if not file.is_file():
-                raise DataError(f"{path}: line {i + 2}: image file not found: {file}")
+        self._image_files(path, _Cells(path, rows))
         _, outputs = self.shape(need_outputs=True)
         return f"{len(rows):,} rows, {outputs} {'targets' if self.regression else 'classes'}"
 

@@ -9,18 +9,11 @@ import pytest
 from kcnn.compress.filters import filter_prune, plan_filter_pruning
 from kcnn.compress.magnitude import apply_masks, magnitude_masks, prunable_kernels, remove_masks
 from kcnn.compress.prune import round_sparsity
+from tests.conftest import random_bn
 
 X = np.random.default_rng(0).normal(size=(6, 8, 8, 1)).astype("float32")
 
 
-def _random_bn(model, seed=0):
-    """Non-trivial BN statistics, so that slicing them wrongly would show."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(size=c),
-                               rng.normal(size=c), rng.uniform(0.5, 2.0, c)])
 
 
 def residual_model():
@@ -41,7 +34,7 @@ def residual_model():
     x = keras.layers.Dense(16, activation="relu", name="fc")(x)
     x = keras.layers.Dropout(0.3, name="drop")(x)
     model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(x))
-    _random_bn(model)
+    random_bn(model)
     return model
 
 

@@ -18,6 +18,7 @@ from kcnn.compress.qat import (
 )
 from kcnn.layers.fake_quant import FakeQuant, fake_quant_weights, quantize_weights_per_channel
 from kcnn.saving import load_keras_model
+from tests.conftest import random_bn
 
 RUNNER = CliRunner()
 X = np.random.default_rng(0).uniform(0, 16, size=(24, 8, 8, 1)).astype("float32")
@@ -99,13 +100,6 @@ def test_fake_quant_layer_harness(tmp_path):
     )
 
 
-def _random_bn(model, seed=0):
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(size=c),
-                               rng.normal(size=c), rng.uniform(0.5, 2.0, c)])
 
 
 def test_bn_folding_preserves_outputs(trained_run):
@@ -127,7 +121,7 @@ def test_bn_folding_preserves_outputs(trained_run):
     x = keras.layers.Dense(5, name="fc")(x)
     outputs = keras.layers.BatchNormalization(name="fc_bn")(x)
     net = keras.Model(inputs, outputs)
-    _random_bn(net)
+    random_bn(net)
     net.get_layer("pw").set_weights([w + 0.1 for w in net.get_layer("pw").get_weights()])
     folded, folds = fold_batchnorm(net)
     assert folds == {"dw": "dw_bn", "pw": "pw_bn", "fc": "fc_bn"}

@@ -251,22 +251,21 @@ def test_interrupt_then_resume_is_exact_for_samplers_and_freeze_phases(variant, 
         text = text.replace("  epochs: 3\n", "  epochs: 3\n  unfreeze: {start_top: 1, every: 1}\n")
     else:
         text = text.replace("  sampler: {type: class_balanced}\n", VARIANTS[variant])
-    recipe = loads(text)
-    full = train(recipe, run_dir=tmp_path / "full")
-    with pytest.raises(Interrupted):
-        train(recipe, run_dir=tmp_path / "cut", callbacks=[RaiseAt(epoch=1)])
-    resumed = train(resume=tmp_path / "cut")
-    assert rows(resumed) == rows(full)
-    for a, b in zip(weights(resumed), weights(full)):
-        np.testing.assert_array_equal(a, b)
+    assert_interrupted_resume_is_exact(loads(text), tmp_path, epoch=1)
 
 
 @pytest.mark.slow
 def test_interrupt_then_resume_is_exact_with_distillation(trained_run, tmp_path):
     recipe = loads(SMALL + f"distill: {{teacher: {trained_run}, temperature: 3, alpha: 0.7}}\n")
+    assert_interrupted_resume_is_exact(recipe, tmp_path, epoch=2)
+
+
+def assert_interrupted_resume_is_exact(recipe, tmp_path, epoch: int) -> None:
+    """Ctrl-C in the middle of ``epoch`` (0-based), resume: the same history and weights as an
+    uninterrupted run."""
     full = train(recipe, run_dir=tmp_path / "full")
     with pytest.raises(Interrupted):
-        train(recipe, run_dir=tmp_path / "cut", callbacks=[RaiseAt(epoch=2)])
+        train(recipe, run_dir=tmp_path / "cut", callbacks=[RaiseAt(epoch=epoch)])
     resumed = train(resume=tmp_path / "cut")
     assert rows(resumed) == rows(full)
     for a, b in zip(weights(resumed), weights(full)):

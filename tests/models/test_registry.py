@@ -63,7 +63,15 @@ def test_unknown_model_lists_close_matches():
         create_model("resnet21", num_classes=10, input_shape=(32, 32, 3))
 
 
-@pytest.mark.parametrize("name", list_models())
+# Under JAX every eager op of a ~250-layer ShuffleNet compiles on its own (20 s a model on
+# 2 cores): the JAX run keeps the 0.5× width, whose builder the wider variants share (they
+# differ only in channel counts, and all four run on TensorFlow).
+ROUND_TRIP = [n for n in list_models() if not (
+    keras.backend.backend() == "jax" and n in ("shufflenet_v2_x1_0", "shufflenet_v2_x1_5",
+                                               "shufflenet_v2_x2_0"))]
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
 def test_model_builds_trains_and_round_trips(name, tmp_path):
     keras.utils.set_random_seed(0)
     model = create_model(name, num_classes=5, input_shape=(32, 32, 3), **SMALL.get(name, {}))
