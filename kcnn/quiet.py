@@ -122,15 +122,21 @@ def native_stderr_muted() -> Iterator[None]:
         yield
         return
     with _lock:
-        _state["depth"] += 1
-        outer = _state["depth"] == 1
+        outer = _state["depth"] == 0
         if outer:
             import tempfile
 
             sys.stderr.flush()
-            saved = os.dup(2)
-            sink = tempfile.TemporaryFile()
-            os.dup2(sink.fileno(), 2)
+            try:  # no temporary file (full or read-only TMPDIR): run unmuted rather than fail
+                sink = tempfile.TemporaryFile()
+            except OSError:
+                sink = None
+            if sink is None:
+                outer = False
+            else:
+                saved = os.dup(2)
+                os.dup2(sink.fileno(), 2)
+        _state["depth"] += 1
     try:
         yield
     except BaseException as err:

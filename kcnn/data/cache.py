@@ -159,12 +159,10 @@ def attach_cache(data: Dataset, mode: str, cache_dir: str | None = None) -> Data
     """Give every file-backed split of ``data`` its decoded store (``mode`` memory/disk)."""
     if mode == "none":
         return data
-    from kcnn.data.images import BadImage
+    from kcnn.data.images import bad_images_as_errors
 
-    try:
+    with bad_images_as_errors(f"while building the {mode} cache"):
         return _attach(data, mode, cache_root(cache_dir))
-    except BadImage as err:
-        raise DataError(f"{err.path}: {err.reason}") from None
 
 
 def _attach(data: Dataset, mode: str, root: Path) -> Dataset:

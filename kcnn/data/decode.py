@@ -9,8 +9,6 @@ pixels. Splits are duck-typed (``files``, ``native``, ``channels``,
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import tensorflow as tf
 
@@ -27,9 +25,9 @@ def file_decoder(split):
     and rounded to uint8, so streaming, the decoded caches and the statistics pass all see
     the same pixels.
     """
-    from kcnn.data.images import decode_native
+    from kcnn.data.images import LIVE_SPLITS, decode_native
 
-    _LIVE.add(split)
+    LIVE_SPLITS.add(split)
     height, width, channels = split.image_shape
     paths = tf.constant(np.asarray(split.files, dtype=str))
     native = np.ones(len(split), bool) if split.native is None else split.native
@@ -55,9 +53,6 @@ def file_decoder(split):
     return one
 
 
-_LIVE: weakref.WeakSet = weakref.WeakSet()  # file splits being decoded (to name a bad file)
-
-
 def decode_files(split, idx: np.ndarray, batch_size: int = 64):
     """uint8 batches of ``split``'s images at ``idx``, decoded in parallel (tf.data)."""
     one = file_decoder(split)
@@ -65,24 +60,3 @@ def decode_files(split, idx: np.ndarray, batch_size: int = 64):
     ds = ds.map(one, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch_size)
     for batch in ds.prefetch(AUTOTUNE):
         yield batch.numpy()
-
-
-def find_undecodable(limit_seconds: float = 600.0) -> tuple[str, str] | None:
-    """After a decode error inside tf.data (TensorFlow's message names no file): the first
-    file of the splits being decoded that Pillow cannot decode either, as (path, reason)."""
-    import time
-
-    from kcnn.data.images import BadImage, decode_native
-
-    start = time.monotonic()
-    for split in list(_LIVE):
-        for i, path in enumerate(split.files):
-            if split.native is not None and not split.native[i]:
-                continue  # decoded by Pillow already: its errors name the file
-            try:
-                decode_native(path, split.channels)
-            except BadImage as err:
-                return err.path, err.reason
-            if time.monotonic() - start > limit_seconds:
-                return None
-    return None

@@ -15,8 +15,11 @@ decoded (the error names it).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -93,9 +96,10 @@ def _to_8bit(im):
 
 
 # What TensorFlow's own decoders read exactly as a viewer shows it; anything else (WebP, TIFF,
+# GIF (TF decodes it to 3 channels only), palette BMPs (TF ignores their colour table),
 # CMYK JPEGs, 16-bit or 1-bit PNGs, EXIF-rotated photos) is decoded by Pillow.
 _TF_FORMATS = {"JPEG": ("L", "RGB"), "PNG": ("L", "LA", "P", "PA", "RGB", "RGBA"),
-               "BMP": ("L", "P", "RGB", "RGBA"), "GIF": ("L", "P", "RGB", "RGBA")}
+               "BMP": ("RGB", "RGBA")}
 _ORIENTATION = 0x0112
 
 
@@ -220,3 +224,54 @@ def stat_fingerprint(files: Sequence[str], stats: Sequence[tuple[int, int]],
     for f, (size, mtime) in zip(files, stats):
         h.update(f"{f}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def bad_images_as_errors(when: str):
+    """An image that fails to decode inside tf.data surfaces as a TensorFlow error whose
+    text carries :data:`kcnn.data.images.BAD_IMAGE_MARKER`; make it one user-facing line."""
+    from kcnn.errors import DataError
+
+    try:
+        yield
+    except BadImage as err:
+        raise DataError(f"{err.path}: {err.reason} (found {when})") from None
+    except Exception as err:
+        text = str(err)
+        hint = "fix or remove the file"
+        if BAD_IMAGE_MARKER in text:
+            detail = text.split(BAD_IMAGE_MARKER, 1)[1].splitlines()[0].strip()
+            raise DataError(f"{detail} (found {when}; {hint})") from None
+        if type(err).__name__ != "InvalidArgumentError" or not _DECODE_ERROR.search(text):
+            raise
+        found = find_undecodable()  # TensorFlow's decoders do not name the file
+        if found is None:
+            raise
+        raise DataError(f"{found[0]}: {found[1]} (found {when}; {hint})") from None
+
+
+_DECODE_ERROR = re.compile(r"decode|JPEG|PNG|BMP|GIF|image format|Invalid .* data", re.I)
+
+
+# File-backed splits whose images are being decoded (kcnn.data.decode registers them), so
+# that a decode error TensorFlow reports without a file name can be traced to the file.
+LIVE_SPLITS: weakref.WeakSet = weakref.WeakSet()
+
+
+def find_undecodable(limit_seconds: float = 600.0) -> tuple[str, str] | None:
+    """After a decode error inside tf.data (TensorFlow's message names no file): the first
+    file of the splits being decoded that Pillow cannot decode either, as (path, reason)."""
+    import time
+
+    start = time.monotonic()
+    for split in list(LIVE_SPLITS):
+        for i, path in enumerate(split.files):
+            if split.native is not None and not split.native[i]:
+                continue  # decoded by Pillow already: its errors name the file
+            try:
+                decode_native(path, split.channels)
+            except BadImage as err:
+                return err.path, err.reason
+            if time.monotonic() - start > limit_seconds:
+                return None
+    return None

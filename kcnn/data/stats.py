@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from kcnn.data.dataset import FileSplit, Split
-from kcnn.data.images import progress
+from kcnn.data.images import bad_images_as_errors, progress
 
 CHUNK = 64
 
@@ -30,13 +30,19 @@ def channel_stats(split: Split | FileSplit, max_samples: int, seed: int = 0,
     idx = sample_indices(len(split), max_samples, seed)
     chunks = [idx[i:i + CHUNK] for i in range(0, len(idx), CHUNK)]
     channels = split.image_shape[-1]
-    count, mean, m2 = 0, np.zeros(channels), np.zeros(channels)
-
     if isinstance(split, FileSplit):  # decoded in parallel by tf.data
         batches = split.iter_images(idx, CHUNK)
     else:
         batches = (split.images(chunk) for chunk in chunks)
-    for images in progress(batches, len(chunks), "image statistics", min_total=16):
+    with bad_images_as_errors("while computing the standardization statistics"):
+        return _combine(progress(batches, len(chunks), "image statistics", min_total=16),
+                        channels, scale)
+
+
+def _combine(batches, channels: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Chan et al.'s pairwise update of (mean, M2) over batches of images."""
+    count, mean, m2 = 0, np.zeros(channels), np.zeros(channels)
+    for images in batches:
         x = images.reshape(-1, channels).astype(np.float64) * scale
         n_b = len(x)
         mean_b = x.mean(axis=0)

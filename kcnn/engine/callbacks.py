@@ -49,6 +49,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.history: list[dict[str, Any]] = list(state.get("history", []))
         self.best: float | None = state.get("best")
         self.best_epoch: int | None = state.get("best_epoch")
+        # An extended run (``--resume --epochs``) counts early-stopping patience from the
+        # extension, not from a best epoch before it.
+        self.patience_from: int = int(state.get("patience_from", 0))
         self.nan_at: tuple[int, int] | None = None
         self.early_stopped_at: int | None = None
         self._epoch = 0
@@ -108,13 +111,15 @@ class RunCheckpoint(keras.callbacks.Callback):
             "rng": rng_state(self.model),
             "history": self.history,
         }
+        if self.patience_from:
+            state["patience_from"] = self.patience_from
         write_json(self.run.epoch_state_file(epoch + 1), {"version": STATE_VERSION, **state})
         self.run.write_state(state)  # the commit point
         self.run.prune_checkpoints(keep_last=2)
         write_history_csv(self.run, self.history)
 
         if self.patience is not None and self.best_epoch is not None:
-            if epoch - self.best_epoch >= self.patience:
+            if epoch - max(self.best_epoch, self.patience_from - 1) >= self.patience:
                 self.early_stopped_at = epoch
                 self.model.stop_training = True
 
@@ -140,8 +145,10 @@ def restore_rng_state(model, state: list[list[int]] | None) -> None:
         return
     variables = seed_variables(model)
     if len(variables) != len(state):
-        raise RuntimeError(f"checkpoint has {len(state)} random-generator states but the model "
-                           f"has {len(variables)}")
+        from kcnn.errors import RunDirError
+
+        raise RunDirError(f"checkpoint has {len(state)} random-generator states but the model "
+                          f"has {len(variables)} (was the run's recipe or kcnn changed?)")
     for var, value in zip(variables, state):
         var.assign(np.asarray(value, dtype=keras.backend.standardize_dtype(var.dtype)))
 

@@ -97,7 +97,7 @@ def predict_logits(model, split, batch_size: int = 256) -> np.ndarray:
 
     if isinstance(split, np.ndarray):
         split = Split(split, np.zeros(len(split), "int64"))
-    from kcnn.engine.fit import bad_images_as_errors
+    from kcnn.data.images import bad_images_as_errors
 
     ds = eval_dataset(split, batch_size).map(lambda a, b: a)
     with bad_images_as_errors("while predicting"):

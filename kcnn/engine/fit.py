@@ -7,8 +7,6 @@ fine-tuning runs it too (:func:`kcnn.compress.common.finetune`).
 
 from __future__ import annotations
 
-import contextlib
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,6 +23,7 @@ def fit_epochs(model, make_dataset: Callable[[Any], Any], sampler, batch_size: i
     with a ``use_feeder(feeder)`` method are told the feeder (it records the
     sampler state of every epoch, which a checkpoint saves).
     """
+    from kcnn.data.images import bad_images_as_errors
     from kcnn.data.pipeline import EpochFeeder
 
     if strategy is None:
@@ -50,36 +49,6 @@ def fit_epochs(model, make_dataset: Callable[[Any], Any], sampler, batch_size: i
             verbose=verbose,
             shuffle=False,  # the sampler already orders every epoch
         )
-
-
-@contextlib.contextmanager
-def bad_images_as_errors(when: str):
-    """An image that fails to decode inside tf.data surfaces as a TensorFlow error whose
-    text carries :data:`kcnn.data.images.BAD_IMAGE_MARKER`; make it one user-facing line."""
-    from kcnn.data.images import BAD_IMAGE_MARKER, BadImage
-    from kcnn.errors import DataError
-
-    try:
-        yield
-    except BadImage as err:
-        raise DataError(f"{err.path}: {err.reason} (found {when})") from None
-    except Exception as err:
-        text = str(err)
-        hint = "fix or remove the file; data.cache: disk decodes every file before training"
-        if BAD_IMAGE_MARKER in text:
-            detail = text.split(BAD_IMAGE_MARKER, 1)[1].splitlines()[0].strip()
-            raise DataError(f"{detail} (found {when}; {hint})") from None
-        if type(err).__name__ != "InvalidArgumentError" or not _DECODE_ERROR.search(text):
-            raise
-        from kcnn.data.decode import find_undecodable
-
-        found = find_undecodable()  # TensorFlow's decoders do not name the file
-        if found is None:
-            raise
-        raise DataError(f"{found[0]}: {found[1]} (found {when}; {hint})") from None
-
-
-_DECODE_ERROR = re.compile(r"decode|JPEG|PNG|BMP|GIF|image format|Invalid .* data", re.I)
 
 
 def fit_phases(plan, checkpoint, callbacks: Sequence[Any], state: dict[str, Any],

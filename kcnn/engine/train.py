@@ -72,7 +72,9 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks, epochs=None) -> Pat
         return run.path
     strategy, tf_config, data = start(recipe, state)
     with scope(strategy):
-        plan = prepare(recipe, data, state, resuming=run is not None, strategy=strategy)
+        # A run killed before its first checkpoint has nothing to restore: it warm-starts again.
+        plan = prepare(recipe, data, state, resuming=bool(state.get("checkpoint")),
+                       strategy=strategy)
         if run is None:
             run = open_run(plan, run_dir, runs_root, chief=is_chief(tf_config))
         elif state.get("checkpoint"):
@@ -162,6 +164,7 @@ def extend(run: RunDir, recipe: Recipe, state: dict[str, Any], epochs: int):
     comments = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     write_text(run.recipe, dump(extended.model_copy(update={"versions": saved.versions})) + comments)
     state = {k: v for k, v in state.items() if k not in ("version", "stopped_early")}
+    state["patience_from"] = done  # early stopping counts its patience from here again
     run.write_state(state)
     print(f"extending {run.path} from {recipe.train.epochs} to {epochs} epochs"
           + (" (the cosine schedule is recomputed for the new length)"

@@ -252,3 +252,43 @@ def test_decode_error_while_streaming_names_the_file(tmp_path):
     with pytest.raises(DataError, match=r"cut.png: unreadable image \(image file is truncated\) "
                                         r"\(found while predicting"):
         predict_logits(model, split, batch_size=1)
+
+
+def test_tensorflow_decodes_only_what_it_reads_exactly(tmp_path):
+    """GIFs (3 channels only in TF) and palette BMPs (TF ignores the colour table) go to
+    Pillow; the graph decoder then gives Pillow's pixels in grayscale too."""
+    from kcnn.data.decode import decode_files
+    from kcnn.data.images import check_header, decode
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0], rgb[2:5, 3:6, 1] = 200, 90
+    Image.fromarray(rgb).save(tmp_path / "a.gif")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "p.bmp")
+    Image.fromarray(rgb).save(tmp_path / "c.bmp")
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    assert [check_header(tmp_path / n)[1] for n in ("a.gif", "p.bmp", "c.bmp", "c.png")] == [
+        False, False, True, True]
+    files = np.asarray([str(tmp_path / n) for n in ("a.gif", "p.bmp", "c.png")], object)
+    for channels in (1, 3):
+        native = np.asarray([check_header(f)[1] for f in files])
+        split = FileSplit(files, np.zeros(3, np.int64), None, (8, 8), channels, native=native)
+        got = np.concatenate(list(decode_files(split, np.arange(3), 3)))
+        want = np.stack([decode(f, (8, 8), channels) for f in files])
+        np.testing.assert_allclose(got.astype(int), want.astype(int), atol=1)
+
+
+def test_a_corrupt_file_while_caching_or_computing_statistics_is_one_line(tmp_path):
+    root = make_folder(tmp_path / "imgs", per_class=4)
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray((rng.random((40, 50, 3)) * 255).astype(np.uint8)).save(buf, format="PNG")
+    (root / "a" / "zz_cut.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    cached = loads(recipe_for(root, cache="disk", cache_dir=str(tmp_path / "cache")))
+    with pytest.raises(DataError, match=r"zz_cut.png: unreadable image .*found while building "
+                                        r"the disk cache"):
+        load_dataset(cached.data)
+    files = np.asarray([str(root / "a" / "000.png"), str(root / "a" / "zz_cut.png")], object)
+    split = FileSplit(files, np.zeros(2, np.int64), None, (8, 8), 3,
+                      native=np.ones(2, bool))  # the cut PNG's header is fine: TF decodes it
+    with pytest.raises(DataError, match=r"zz_cut.png: .*found while computing the standardization"):
+        channel_stats(split, max_samples=10_000)
