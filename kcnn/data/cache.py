@@ -161,17 +161,14 @@ def attach_cache(data: Dataset, mode: str, cache_dir: str | None = None) -> Data
         return data
     from kcnn.data.images import bad_images_as_errors
 
-    with bad_images_as_errors(f"while building the {mode} cache"):
-        return _attach(data, mode, cache_root(cache_dir))
-
-
-def _attach(data: Dataset, mode: str, root: Path) -> Dataset:
+    root = cache_root(cache_dir)
     for name in ("train", "val", "test"):
         split = getattr(data, name)
         if not isinstance(split, FileSplit) or len(split) == 0 or split.cache is not None:
             continue
-        if mode == "memory":
-            split.cache = MemoryStore(split.images())
-        else:
-            split.cache = disk_store(split, root, name)
+        with bad_images_as_errors(f"while building the {mode} cache", [split]):
+            if mode == "memory":
+                split.cache = MemoryStore(split.images())
+            else:
+                split.cache = disk_store(split, root, name)
     return data

@@ -25,9 +25,9 @@ def file_decoder(split):
     and rounded to uint8, so streaming, the decoded caches and the statistics pass all see
     the same pixels.
     """
-    from kcnn.data.images import LIVE_SPLITS, decode_native
+    from kcnn.data.images import decode_native, register_split
 
-    LIVE_SPLITS.add(split)
+    register_split(split)
     height, width, channels = split.image_shape
     paths = tf.constant(np.asarray(split.files, dtype=str))
     native = np.ones(len(split), bool) if split.native is None else split.native

@@ -227,9 +227,11 @@ def stat_fingerprint(files: Sequence[str], stats: Sequence[tuple[int, int]],
 
 
 @contextlib.contextmanager
-def bad_images_as_errors(when: str):
+def bad_images_as_errors(when: str, splits: Sequence[Any] = ()):
     """An image that fails to decode inside tf.data surfaces as a TensorFlow error whose
-    text carries :data:`kcnn.data.images.BAD_IMAGE_MARKER`; make it one user-facing line."""
+    text carries :data:`kcnn.data.images.BAD_IMAGE_MARKER`; make it one user-facing line.
+    TensorFlow's own decoders name no file: ``splits`` (default: the splits decoded most
+    recently) are searched for it."""
     from kcnn.errors import DataError
 
     try:
@@ -244,7 +246,7 @@ def bad_images_as_errors(when: str):
             raise DataError(f"{detail} (found {when}; {hint})") from None
         if type(err).__name__ != "InvalidArgumentError" or not _DECODE_ERROR.search(text):
             raise
-        found = find_undecodable()  # TensorFlow's decoders do not name the file
+        found = find_undecodable(splits)  # TensorFlow's decoders do not name the file
         if found is None:
             raise
         raise DataError(f"{found[0]}: {found[1]} (found {when}; {hint})") from None
@@ -255,16 +257,28 @@ _DECODE_ERROR = re.compile(r"decode|JPEG|PNG|BMP|GIF|image format|Invalid .* dat
 
 # File-backed splits whose images are being decoded (kcnn.data.decode registers them), so
 # that a decode error TensorFlow reports without a file name can be traced to the file.
-LIVE_SPLITS: weakref.WeakSet = weakref.WeakSet()
+_LIVE: list[weakref.ref] = []
 
 
-def find_undecodable(limit_seconds: float = 600.0) -> tuple[str, str] | None:
+def register_split(split) -> None:
+    """Note a file-backed split whose images are being decoded (most recent last)."""
+    _LIVE[:] = [r for r in _LIVE if r() is not None and r() is not split]
+    _LIVE.append(weakref.ref(split))
+
+
+def live_splits() -> list[Any]:
+    """The splits being decoded, most recently registered first."""
+    return [s for s in (r() for r in reversed(_LIVE)) if s is not None]
+
+
+def find_undecodable(splits: Sequence[Any] = (), limit_seconds: float = 600.0
+                     ) -> tuple[str, str] | None:
     """After a decode error inside tf.data (TensorFlow's message names no file): the first
     file of the splits being decoded that Pillow cannot decode either, as (path, reason)."""
     import time
 
     start = time.monotonic()
-    for split in list(LIVE_SPLITS):
+    for split in list(splits) or live_splits():
         for i, path in enumerate(split.files):
             if split.native is not None and not split.native[i]:
                 continue  # decoded by Pillow already: its errors name the file

@@ -34,7 +34,7 @@ def channel_stats(split: Split | FileSplit, max_samples: int, seed: int = 0,
         batches = split.iter_images(idx, CHUNK)
     else:
         batches = (split.images(chunk) for chunk in chunks)
-    with bad_images_as_errors("while computing the standardization statistics"):
+    with bad_images_as_errors("while computing the standardization statistics", [split]):
         return _combine(progress(batches, len(chunks), "image statistics", min_total=16),
                         channels, scale)
 

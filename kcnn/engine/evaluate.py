@@ -100,7 +100,7 @@ def predict_logits(model, split, batch_size: int = 256) -> np.ndarray:
     from kcnn.data.images import bad_images_as_errors
 
     ds = eval_dataset(split, batch_size).map(lambda a, b: a)
-    with bad_images_as_errors("while predicting"):
+    with bad_images_as_errors("while predicting", [split]):
         return np.asarray(model.predict(ds, verbose=0), dtype="float32")
 
 
