@@ -25,8 +25,8 @@ demo: install
 	$(KCNN) evaluate "$$(tail -n 1 runs/.demo-train.log)"
 
 # The full suite on TensorFlow, then the backend-neutral parts (layers, the model
-# registry, losses) again on the JAX backend.
-JAX_TESTS := tests/layers tests/models/test_registry.py tests/losses
+# registry, losses) again on the JAX backend, with the JAX end-to-end tests.
+JAX_TESTS := tests/layers tests/models/test_registry.py tests/losses tests/backend_jax
 
 # Two pytest-xdist workers (one per core; a test file stays on one worker so its module
 # fixtures are built once); timing-sensitive tests run alone afterwards.

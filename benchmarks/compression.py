@@ -1,12 +1,17 @@
-"""Compression benchmark on the digits quickstart model.
+"""Compression benchmark on the digits quickstart model, plus export latency on ResNet-20
+and MobileNetV2.
 
     .venv/bin/python benchmarks/compression.py [--run RUN_DIR] [--work DIR] [--skip-binary]
+        [--threads 1] [--latency-runs 200] [--skip-latency]
 
 Trains ``recipes/quickstart.yaml`` (or reuses ``--run``), then measures, in this
 process:
 
 * every TFLite export mode (``kcnn.export.api.export_all``): size, accuracy,
   agreement with Keras, latency;
+* the latency of every export mode on ResNet-20 at 32×32×3 and MobileNetV2 at 96×96×3
+  (``benchmarks/latency.py``: untrained weights, interleaved timing, with and without
+  XNNPACK), unless ``--skip-latency``;
 * 50% filter pruning (3 rounds of prune + fine-tune): params, MACs, accuracy,
   TFLite size and latency against the source measured back to back;
 * 50% magnitude pruning (2 rounds × 2 epochs): non-zero params, gzipped TFLite size;
@@ -22,8 +27,9 @@ process:
 Rerun with the same ``--work`` to reuse the steps that finished (their runs hold
 ``compress.json`` / ``metrics.json``). Prints a markdown report and writes it to
 ``benchmarks/results/compression.md``
-with the machine description. Latencies are medians of single-image runs
-(XNNPACK, one thread); ratios compare numbers taken in this process.
+with the machine description. Latencies are medians of single-image runs on LiteRT's
+interpreter with the XNNPACK delegate and ``--threads`` threads (default 1), the settings
+``kcnn export`` reports; ratios compare numbers taken in this process.
 """
 
 from __future__ import annotations
@@ -63,11 +69,14 @@ CLUSTER_SETTINGS = [
 
 def machine() -> str:
     from benchmarks.common import cpu_name, software
+    from benchmarks.latency import cpu_flags
+    from kcnn.export.runtime import litert_version
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
-        f"{cpu_name()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}; "
-        f"{software()}; load average {load:.1f} at start"
+        f"{cpu_name()}, {os.cpu_count()} logical cores ({', '.join(cpu_flags())}), "
+        f"{platform.system()} {platform.release()}; {software()}, ai-edge-litert "
+        f"{litert_version()}; load average {load:.1f} at start"
     )
 
 
@@ -168,14 +177,27 @@ def main(argv=None) -> int:
         default=3,
         help="Fine-tuning epochs after weight clustering (default 3).",
     )
+    parser.add_argument("--threads", type=int, default=1,
+                        help="Interpreter threads for every latency (default 1).")
+    parser.add_argument("--latency-runs", type=int, default=200,
+                        help="Timed invocations per latency (default 200).")
+    parser.add_argument("--skip-latency", action="store_true",
+                        help="Skip the ResNet-20 / MobileNetV2 latency section.")
     args = parser.parse_args(argv)
 
+    from benchmarks.latency import (
+        TARGET_RESNET_INT8,
+        latency_section,
+        measure_all,
+        notes,
+        resnet_int8_ratio,
+    )
     from kcnn.compress.binary import weight_storage
     from kcnn.compress.cluster import cluster_run
     from kcnn.compress.common import load_source, measure
     from kcnn.compress.lowrank import lowrank_run
     from kcnn.compress.prune import prune_run
-    from kcnn.export.api import export_all
+    from kcnn.export.api import export_all, latency_settings
     from kcnn.io import write_text
     from kcnn.saving import load_keras_model
 
@@ -195,23 +217,41 @@ def main(argv=None) -> int:
     keras_acc = metrics(run)["accuracy"]
 
     step("export modes")
-    reports = export_all(run, latency_runs=200)
+    load_before = os.getloadavg()[0]
+    reports = export_all(run, latency_runs=args.latency_runs, force=True,
+                         latency_threads=args.threads)
     by_mode = {r["quantize"]: r for r in reports}
     f32 = by_mode["none"]
     lines = [
         "## Export modes (quickstart model)",
         "",
-        "| mode | size (KiB) | × float32 | accuracy | agreement | latency (ms) | × float32 |",
-        "|---|---|---|---|---|---|---|",
+        "| mode | size (KiB) | × float32 | accuracy | agreement | latency (ms) | × float32 | "
+        "ops on XNNPACK |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         lines.append(
             f"| {r['quantize']} | {r['size_bytes'] / 1024:.1f} | "
             f"{r['size_bytes'] / f32['size_bytes']:.2f} | {r['accuracy']:.4f} | "
             f"{r['agreement']:.4f} | {r['latency_ms_median']:.3f} | "
-            f"{r['latency_ms_median'] / f32['latency_ms_median']:.2f} |"
+            f"{r['latency_ms_median'] / f32['latency_ms_median']:.2f} | "
+            f"{r['xnnpack_ops']}/{r['total_ops']} |"
         )
-    lines += ["", f"Keras float32 accuracy: {keras_acc:.4f}.", ""]
+    settings = latency_settings(f32)
+    lines += ["", f"Keras float32 accuracy: {keras_acc:.4f}. {settings[0].upper()}{settings[1:]}; "
+              f"measured mode after mode, load average {load_before:.2f} → "
+              f"{os.getloadavg()[0]:.2f}.", ""]
+
+    latency_results = None
+    if not args.skip_latency:
+        step("latency models")
+        latency_results = measure_all(args.latency_runs, args.threads, log=quiet)
+        lines += [
+            "## Export latency on larger models (`benchmarks/latency.py`)",
+            "",
+            *latency_section(latency_results, args.latency_runs, args.threads, level="###"),
+            *notes(latency_results),
+        ]
 
     step("filter pruning")
     fp = reuse_or(
@@ -418,6 +458,10 @@ def main(argv=None) -> int:
         f"| int8 size ≤ 0.30 × float32 | {size_ratio:.3f} | {ok(size_ratio <= TARGETS['int8_size'])} |",
         f"| int8 latency ≤ 0.6 × float32 | {lat_ratio:.3f} | {ok(lat_ratio <= TARGETS['int8_latency'])} |",
         f"| int8 accuracy drop ≤ 0.5 points | {int8_drop:+.2f} | {ok(int8_drop <= TARGETS['int8_drop'])} |",
+        *([f"| ResNet-20 32×32: int8 latency ≤ {TARGET_RESNET_INT8} × float32 ({args.threads} "
+           f"thread{'s' if args.threads > 1 else ''}) | {resnet_int8_ratio(latency_results):.3f} | "
+           f"{ok(resnet_int8_ratio(latency_results) <= TARGET_RESNET_INT8)} |"]
+          if latency_results else []),
         f"| 50% filter pruning: MACs ≤ 0.35 × | {macs_ratio:.3f} | {ok(macs_ratio <= TARGETS['filter_macs'])} |",
         f"| 50% filter pruning: accuracy drop ≤ 1 point | {drop:+.2f} | {ok(drop <= TARGETS['filter_drop'])} |",
         f"| scalar 4-bit clustering: accuracy drop ≤ 0.3 points | {c4_drop:+.2f} | {ok(c4_drop <= TARGETS['cluster4_drop'])} |",

@@ -37,6 +37,12 @@ from kcnn.layers import (  # noqa: E402
     StochasticPooling2D,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import cpu_name  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "layers.md"
 SHAPE = (64, 32, 32, 64)
 
@@ -140,8 +146,8 @@ def build_cases():
              lambda v: stochastic(v, training=False), lambda v: avg_pool(v), relu_x,
              forward_only=True),
         Case("`DeformableConv2D` 3x3, 64 filters", "`Conv2D` 3x3, 64 filters",
-             lambda v: deformable(v), lambda v: conv(v), x,
-             weights=weights, reference_weights=conv_weights, repeats=3, warmup=1),
+             lambda v: deformable(v), lambda v: conv(v), x, target=4.0,
+             weights=weights, reference_weights=conv_weights, repeats=5, warmup=1),
     ]  # fmt: skip
 
 
@@ -151,28 +157,70 @@ NOTES = [
     "- Timings on a shared machine move with its load (see the load average above); "
     "the pairs are interleaved so that a ratio compares like with like, but rerun "
     "before trusting a difference under about 30%.",
+    "- `StochasticPooling2D` (training) draws its one uniform per window from a "
+    "counter-based integer hash written with `keras.ops` (`_hash_uniform` in "
+    "`kcnn/layers/stochastic_pooling.py`), not from `keras.random`: on TensorFlow "
+    "`keras.random` is a stateless Philox draw that XLA compiles on CPU into a slow "
+    "scalar loop (the `Dropout` row, which uses it, shows the cost; it was 5.4x for "
+    "this layer before). The sampling rule (window element `i` with probability "
+    "`a_i / sum(a)`, tested by a chi-square test) and the seeding contract (the "
+    "layer's `SeedGenerator` advances once per call; restoring its state replays "
+    "the draws) are unchanged; the streams are the same on TensorFlow and JAX. "
+    "The drawn element is picked with a chain of `where` on the running window sums. "
+    "In graph mode the row misses 2x: each of the roughly 30 element-wise kernels "
+    "(window split, running sums, about 15 integer ops of the hash, comparisons, "
+    "selections, and their gradients; about 1 ms each in a profile at batch 64, none "
+    "dominant) is a pass over the pooled tensor, against the two fused kernels of "
+    "`MaxPool`; the `keras.random` form measured 4.1x in the same conditions (the "
+    "0.78x of the earlier results came from a `MaxPooling2D` reference slowed by a "
+    "load average of 7). Closing that gap needs a fused kernel; under XLA, which "
+    "fuses those passes, the layer is faster than `MaxPooling2D`.",
     "- `StochasticPooling2D` (inference) computes `avg_pool(a**2) / avg_pool(a)` with "
-    "`a = relu(x)`: about five passes over the input (clamp, square, two poolings, "
-    "division) against one for `AveragePooling2D`, and two `AvgPoolGrad` in the "
-    "backward pass. Without a fused kernel this stays 2-4x; the form is kept because "
-    "it converts to TFLite as plain `AVERAGE_POOL_2D` + `DIV` (delegate friendly).",
-    "- Under XLA on CPU, TensorFlow's default stateless RNG (used by every "
-    "`keras.random` call, hence by `Dropout` too, see its row) is very slow; "
-    "`StochasticPooling2D` (training) draws one uniform per window and pays that "
-    "cost. In graph mode (or with `jit_compile=False` in `compile`) it does not.",
+    "`a = relu(x)`, which converts to TFLite as `AVERAGE_POOL_2D` + `DIV`. Where it "
+    "misses 1.5x the reason is the pass count, not one slow op: a TensorFlow profile "
+    "of the graph-mode fwd+bwd step (batch 64) gives 27 ms of op time against 3.5 ms "
+    "for `AveragePooling2D` (one `AvgPool`, one `AvgPoolGrad`): two `AvgPool` "
+    "(5.2 ms), two `AvgPoolGrad` (6.6 ms), and `Square`, `Relu`, `Maximum`, the "
+    "division and their gradients (about 15 ms), each a separate pass over the "
+    "input. A lone `relu` over the input already costs about 1.1x an `AvgPool` in "
+    "graph mode, so clamp + square + two poolings cannot reach 1.5x without a fused "
+    "kernel. Tried and dropped: one pooling of `[a**2, a]` concatenated on the "
+    "channel or batch axis (the concat and split cost more than the second "
+    "pooling); a reshape-and-sum or strided-slice form (about 1.5-1.9x under XLA, "
+    "but slower in graph mode and no longer `AVERAGE_POOL_2D` in TFLite); "
+    "`+ 1e-30` instead of `maximum(., 1e-30)` (no measurable change).",
+    "- `DeformableConv2D` gathers the four bilinear corners of every sample at once "
+    "from a table of the bordered input's 2x2 neighbourhoods (4 * C numbers a row), "
+    "builds the corner weights by broadcasting, regroups the small offset kernel so "
+    "that the offsets split into two contiguous halves, and multiplies a 2-D "
+    "matrix; its outputs are bit-identical to the previous four-gather version "
+    "(gradients within 3e-7 relative). Where it misses 4x, the rest is memory "
+    "traffic over the gathered `(batch, oh, ow, 4 * K, C)` tensor (151 MB here): "
+    "a graph-mode profile (batch 32, loaded machine) is led by the gather's gradient "
+    "(`UnsortedSegmentSum`, single-threaded on CPU, 1.5-2x the op time of the whole "
+    "`Conv2D` step), the corner weighting and its gradient (`Mul`, `Sum`, `Tile` over "
+    "that tensor, about 3x), and the im2col matmul with its two gradients (about "
+    "1.3-1.8x; `Conv2D` runs fused oneDNN kernels); XLA fuses the weighting into the "
+    "gather. Tried and dropped: one gather per corner "
+    "(the previous form), multiplying by the kernel before sampling (a 36-row "
+    "weighted sum per output; `einsum` runs it slower), strided slices of the "
+    "corner blocks.",
 ]
 
 
-def machine_description():
+def _load_text():
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("n/a",)
+    return ", ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in load)
+
+
+def machine_description(start_load):
     return [
-        f"- CPUs: {os.cpu_count()} ({platform.processor() or platform.machine()})",
+        f"- CPUs: {os.cpu_count()} ({cpu_name()})",
         f"- platform: {platform.platform()}",
         f"- Python {platform.python_version()}, TensorFlow {tf.__version__}, "
         f"Keras {keras.__version__}",
         f"- GPUs visible to TensorFlow: {len(tf.config.list_physical_devices('GPU'))}",
-        "- load average at start (1/5/15 min): "
-        + ", ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in load),
+        f"- load average (1/5/15 min) at start: {start_load}; at the end: {_load_text()}",
     ]
 
 
@@ -183,6 +231,7 @@ def main(argv=None):
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
 
+    start_load = _load_text()
     cases = build_cases()
     rows = []
     for jit in (False, True):
@@ -226,7 +275,7 @@ def main(argv=None):
             "",
             "Machine:",
             "",
-            *machine_description(),
+            *machine_description(start_load),
             "",
             "| kcnn layer | reference | mode | pass | kcnn ms | reference ms | ratio "
             "| target | verdict |",
@@ -234,8 +283,8 @@ def main(argv=None):
             *rows,
             "",
             f"Command: `python benchmarks/layers.py` ({args.repeats} repeats, "
-            f"{args.warmup} warm-up; 3 and 1 for the slow Dropout-under-XLA and "
-            "deformable rows).",
+            f"{args.warmup} warm-up; 3 and 1 for the slow Dropout row, 5 and 1 for "
+            "the deformable rows).",
             "",
             *NOTES,
             "",

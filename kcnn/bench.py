@@ -97,6 +97,7 @@ def bench_train(recipe, *, steps: int = 60, warmup: int = 10, batch_size: int | 
         raise KcnnError("kcnn bench train: classification recipes only (data.task is regression)")
     import keras
 
+    from kcnn import backend
     from kcnn.engine.distribute import set_precision
     from kcnn.models import create_model
 
@@ -128,10 +129,10 @@ def bench_train(recipe, *, steps: int = 60, warmup: int = 10, batch_size: int | 
         return create_model(recipe.model.name, num_classes=classes, input_shape=shape, **model_kwargs)
 
     result: dict[str, Any] = {
-        "recipe": recipe.name, "model": recipe.model.name, "backend": keras.backend.backend(),
+        "recipe": recipe.name, "model": recipe.model.name, "backend": backend.name(),
         "precision": recipe.train.precision, "batch_size": batch, "input_shape": list(shape),
         "synthetic": synthetic, "steps": steps, "warmup": warmup, "sampler": recipe.data.sampler.type,
-        "device": _device(),
+        "device": backend.device_description(),
     }
     timer = StepTimer()
     if has_tf:
@@ -166,24 +167,6 @@ def bench_train(recipe, *, steps: int = 60, warmup: int = 10, batch_size: int | 
         result["plain"] = _rate(timer.stamps, warmup, batch)
         result["ratio"] = result["kcnn"]["images_per_s"] / result["plain"]["images_per_s"]
     return result
-
-
-def _device() -> str:
-    import platform
-
-    try:
-        import keras
-
-        if keras.backend.backend() == "jax":
-            import jax
-
-            d = jax.devices()[0]
-            return f"{d.platform}: {getattr(d, 'device_kind', d)}"
-    except Exception:
-        pass
-    import os
-
-    return f"cpu: {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
 def format_result(r: dict[str, Any]) -> str:

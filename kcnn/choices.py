@@ -13,7 +13,7 @@ from typing import Literal, get_args
 Split = Literal["train", "val", "test"]
 ExportFormat = Literal["tflite", "saved_model", "keras"]
 QuantizeMode = Literal["none", "dynamic", "float16", "int8", "int16x8"]
-Strategy = Literal["none", "mirrored", "multi_worker", "tpu"]
+Strategy = Literal["none", "data_parallel", "mirrored", "multi_worker", "tpu"]
 PruneMethod = Literal["filter", "magnitude"]
 PruneCriterion = Literal["l1_bn", "l1"]
 LowrankMode = Literal["spatial", "channel"]

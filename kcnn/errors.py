@@ -40,6 +40,14 @@ class TrainingError(KcnnError):
     """Training stopped for a reason the user must act on (e.g. a NaN loss)."""
 
 
+class JobFailed(Exception):
+    """Another process of a multi-process job died. The CLI prints the message and exits
+    at once with code 1, skipping the interpreter's exit handlers (JAX's would wait for
+    the dead process and then abort with a core dump)."""
+
+    exit_code = 1
+
+
 class Interrupted(Exception):
     """Training stopped by SIGINT or SIGTERM. The run keeps its last complete epoch;
     the CLI prints :attr:`message` and exits with :attr:`exit_code` (128 + signal)."""

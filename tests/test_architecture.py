@@ -126,3 +126,24 @@ def long_functions(limit: int = MAX_FUNCTION_LINES) -> list[str]:
 
 def test_no_overlong_functions():
     assert long_functions() == []
+
+
+# Where code may ask which Keras backend runs, or use a backend's own API directly.
+BACKEND_MODULES = {"kcnn.backend", "kcnn.engine.distribute", "kcnn.engine.data_parallel"}
+BACKEND_SPECIFIC = ("keras.backend.backend()", "import jax", "from jax", "GradientTape(")
+
+
+def backend_specific_code() -> list[str]:
+    out = []
+    for name, path in modules().items():
+        if name in BACKEND_MODULES:
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if any(token in code for token in BACKEND_SPECIFIC) and not code.lstrip().startswith(("``", '"')):
+                out.append(f"{name}:{number}: {line.strip()}")
+    return out
+
+
+def test_backend_specific_code_stays_in_its_modules():
+    assert backend_specific_code() == []

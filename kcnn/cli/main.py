@@ -32,7 +32,7 @@ from kcnn.choices import (
     listing,
 )
 from kcnn.choices import Split as SplitName
-from kcnn.errors import Interrupted, KcnnError
+from kcnn.errors import Interrupted, JobFailed, KcnnError
 
 # Plain (click-style) help for every app and sub-app: Typer's rich panels show each flag
 # with a "<bool>" value it does not take (typer 0.29's rich_utils prints
@@ -96,6 +96,12 @@ def user_errors(fn):
                 raise
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except JobFailed as err:
+            typer.echo(f"error: {err}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Skip the exit handlers: JAX's would wait for the dead process, then abort.
+            os._exit(err.exit_code)
 
     return wrapper
 
@@ -174,13 +180,19 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export.")] = False,
     quant_report: Annotated[bool, typer.Option("--report", help="int8/int16x8: per-layer error against the float model (SNR, cosine; int8: accuracy if a layer stays float) in quant_report.json beside the export; prints the worst layers.")] = False,
     float_layers: Annotated[Optional[str], typer.Option("--float-layers", metavar="REGEX", help="int8: keep the layers whose names match in full in float (e.g. 'conv2_1' or 'logits|conv1_.*').")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", metavar="N", help="Threads for the latency measurement (default 1; LiteRT interpreter, XNNPACK delegate on, as a phone app runs it).")] = None,
 ):
     """Convert a run's best model and verify the export (accuracy, size, latency, ops)."""
+    from kcnn import backend
+
+    if not backend.is_tensorflow():  # only TensorFlow converts; the run itself is portable
+        raise typer.Exit(backend.rerun_on_tensorflow(sys.argv[1:]))
     from kcnn.export import api
 
     reports = api.export_run(run_dir, fmt=format_, quantize=quantize, int8_io=int8_io,
                              calibration=calibration, strict=strict, all_modes=all_modes, out=out,
-                             force=force, quant_report=quant_report, float_layers=float_layers)
+                             force=force, quant_report=quant_report, float_layers=float_layers,
+                             latency_threads=threads)
     if all_modes:
         typer.echo(api.comparison_table(reports))
         typer.echo(f"comparison written to {api.comparison_file(reports[0]['run'])} (and .json)")

@@ -10,6 +10,7 @@ running RNG state instead, which a resume cannot replay.)
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -55,10 +56,18 @@ def affine_params(augment: S.Augment, batch: int, height: int, width: int, seed)
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
-def augment_batch(images: tf.Tensor, augment: S.Augment, seed: tf.Tensor) -> tf.Tensor:
+def augment_batch(images: tf.Tensor, augment: S.Augment, seed: tf.Tensor,
+                  offset=None, total=None) -> tf.Tensor:
+    """Warp a batch; with ``offset``/``total`` it is rows ``offset..`` of a global batch of
+    ``total`` images whose random parameters are drawn together."""
     shape = tf.shape(images)
     height, width = int(images.shape[1]), int(images.shape[2])
-    transforms = affine_params(augment, shape[0], height, width, seed)
+    if offset is None:
+        transforms = affine_params(augment, shape[0], height, width, seed)
+    else:
+        start = tf.cast(offset, tf.int32)
+        transforms = affine_params(augment, tf.cast(total, tf.int32), height, width,
+                                   seed)[start:start + shape[0]]
     exact = not (augment.translate or augment.rotate)  # integer shifts and flips only
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
@@ -73,10 +82,15 @@ def augment_batch(images: tf.Tensor, augment: S.Augment, seed: tf.Tensor) -> tf.
 class EpochFeeder:
     """Feeds sampler batches to tf.data and remembers the sampler state after each epoch.
 
+    Yields ``(epoch, batch, indices, offset, global size)``: ``offset`` is where the
+    indices start within the global batch of that step (augmentation is drawn for the
+    global batch, so a shard gets the same random warps as the one-process run).
+
     Under a ``tf.distribute`` strategy, ``shard=(pipeline, pipelines, replicas)``
     cuts every global batch into ``pipelines × replicas`` equal per-replica
     chunks and yields this input pipeline's ``replicas`` chunks, in order (the
-    strategy hands consecutive elements to the worker's replicas). Together the
+    strategy hands consecutive elements to the worker's replicas); a
+    ``data_parallel`` process is one pipeline with one chunk. Together the
     pipelines see every index of every epoch exactly once. Only full global
     batches are used then (the epoch's last partial batch is dropped).
     """
@@ -89,6 +103,10 @@ class EpochFeeder:
         self.epochs = epochs
         self.shard = shard
         self.states: dict[int, dict[str, Any]] = {}
+        # Every iteration starts from the sampler's state at ``start_epoch``: Keras may read a
+        # first batch to build the model and then iterate again (the JAX trainer does), and a
+        # stateful sampler must not move on between the two.
+        self.initial_state = copy.deepcopy(sampler.state_dict())
 
     @property
     def steps_per_epoch(self) -> int:
@@ -97,19 +115,25 @@ class EpochFeeder:
         return self.sampler.num_batches(self.batch_size)
 
     def __call__(self):
+        if self.initial_state:
+            self.sampler.load_state_dict(copy.deepcopy(self.initial_state))
         for epoch in range(self.start_epoch, self.epochs):
             batches = self.sampler.batches(epoch, self.batch_size)
             self.states[epoch] = self.sampler.state_dict()
             for b, idx in enumerate(batches):
                 if self.shard is None:
-                    yield np.int64(epoch), np.int64(b), idx.astype(np.int64)
+                    yield np.int64(epoch), np.int64(b), idx.astype(np.int64), np.int64(0), np.int64(len(idx))
                     continue
                 if len(idx) < self.batch_size:
                     continue  # drop_remainder: every replica needs an equal share
                 pipeline, pipelines, replicas = self.shard
                 chunks = shard_batch(idx, pipelines * replicas)
+                size = len(chunks[0])
                 for c in range(pipeline * replicas, (pipeline + 1) * replicas):
-                    yield np.int64(epoch), np.int64(b * pipelines * replicas + c), chunks[c].astype(np.int64)
+                    # (epoch, batch) key the augmentation of the whole global batch; a chunk
+                    # takes its rows from c * size on, as one process would have drawn them.
+                    yield (np.int64(epoch), np.int64(b), chunks[c].astype(np.int64),
+                           np.int64(c * size), np.int64(len(idx)))
 
 
 def shard_batch(idx: np.ndarray, pieces: int) -> list[np.ndarray]:
@@ -160,14 +184,17 @@ def train_dataset(
         tf.TensorSpec((), tf.int64),
         tf.TensorSpec((), tf.int64),
         tf.TensorSpec((None,), tf.int64),
+        tf.TensorSpec((), tf.int64),
+        tf.TensorSpec((), tf.int64),
     )
     ds = tf.data.Dataset.from_generator(feeder, output_signature=signature)
 
-    def load(epoch, batch, idx):
+    def load(epoch, batch, idx, offset, total):
         x = images(idx)
         y = tf.gather(labels, idx)
         if augment.enabled:
-            x = augment_batch(x, augment, tf.stack([tf.constant(seed, tf.int64), epoch * 100_003 + batch]))
+            key = tf.stack([tf.constant(seed, tf.int64), epoch * 100_003 + batch])
+            x = augment_batch(x, augment, key, offset, total)
         if weights is not None:
             return x, y, tf.gather(weights, idx)
         return x, y

@@ -1,4 +1,7 @@
-"""``tf.distribute`` strategies from a recipe's ``distribute`` section, and mixed precision.
+"""Distribution strategies from a recipe's ``distribute`` section, and mixed precision.
+
+``data_parallel`` (JAX, ``keras.distribution``) lives in :mod:`kcnn.engine.data_parallel`;
+the ``tf.distribute`` strategies (``mirrored``, ``multi_worker``, ``tpu``) live here.
 
 Model building, compiling and checkpoint loading happen inside the strategy's
 scope; the training data come from ``distribute_datasets_from_function`` with
@@ -38,6 +41,45 @@ def read_tf_config() -> dict[str, Any]:
     return config
 
 
+# What the multi_worker workarounds below reach into, as this Keras release has it. A Keras
+# release that changes any of it fails tests/engine/test_distribute.py loudly, and
+# ``multi_worker`` refuses to start with one line instead of patching blindly.
+PATCH_TARGETS = {
+    "keras.src.backend.tensorflow.trainer.reduce_per_replica": ("values", "strategy", "reduction"),
+    "keras.src.backend.tensorflow.trainer.TensorFlowTrainer._maybe_symbolic_build": (
+        "self", "iterator", "data_batch"),
+    "keras.src.trainers.trainer.Trainer._symbolic_build": ("self", "iterator", "data_batch"),
+}
+# The upstream bug (tensorflow/tensorflow#72388, keras#20585): scalars reduced along axis 0.
+BUGGY_LINE = 'strategy.reduce("MEAN", v, axis=0)'
+
+
+def patch_target_problems() -> list[str]:
+    """Why the multi_worker patches may no longer fit this Keras (empty: they fit)."""
+    import importlib
+    import inspect
+
+    problems = []
+    for dotted, params in PATCH_TARGETS.items():
+        module_name, _, attr_path = dotted.partition(".trainer.")
+        obj: Any = importlib.import_module(module_name + ".trainer")
+        try:
+            for attr in attr_path.split("."):
+                obj = getattr(obj, attr)
+        except AttributeError:
+            problems.append(f"{dotted} is gone")
+            continue
+        found = tuple(inspect.signature(obj).parameters)
+        if found != params:
+            problems.append(f"{dotted} now takes {found}, kcnn expects {params}")
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if BUGGY_LINE not in inspect.getsource(tf_trainer.reduce_per_replica):
+        problems.append("reduce_per_replica no longer reduces scalars along axis 0 (fixed "
+                        "upstream?), so the patch may be unnecessary")
+    return problems
+
+
 def patch_keras_multi_worker_reduce() -> None:
     """Work around Keras 3's ``fit`` under MultiWorkerMirroredStrategy.
 
@@ -52,6 +94,11 @@ def patch_keras_multi_worker_reduce() -> None:
 
     if getattr(tf_trainer.reduce_per_replica, "_kcnn_patched", False):
         return
+    problems = patch_target_problems()
+    if problems:
+        raise KcnnError(f"distribute.strategy multi_worker: kcnn's workaround for Keras "
+                        f"{keras_version()} does not fit this Keras ({problems[0]}); use "
+                        f"data_parallel on the JAX backend, or the Keras version kcnn was tested with")
     original = tf_trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy, reduction):
@@ -70,6 +117,12 @@ def patch_keras_multi_worker_reduce() -> None:
     tf_trainer.reduce_per_replica = reduce_per_replica
 
 
+def keras_version() -> str:
+    import keras
+
+    return keras.__version__
+
+
 def is_chief(config: dict[str, Any] | None) -> bool:
     """The chief writes the run dir: task 'chief', else worker 0."""
     if not config:
@@ -78,10 +131,17 @@ def is_chief(config: dict[str, Any] | None) -> bool:
     return kind == "chief" or (kind == "worker" and index == 0 and "chief" not in config["cluster"])
 
 
-def make_strategy(cfg) -> tuple[Any, dict[str, Any] | None]:
-    """(strategy or None, TF_CONFIG dict for multi_worker)."""
+def make_strategy(cfg, fingerprint: str = "") -> tuple[Any, dict[str, Any] | None]:
+    """(strategy or None, TF_CONFIG dict for multi_worker).
+
+    ``data_parallel`` gives a :class:`~kcnn.engine.data_parallel.DataParallelJob` (JAX);
+    ``fingerprint`` identifies the recipe, which every process of a job must share."""
     if cfg.strategy == "none":
         return None, None
+    if cfg.strategy == "data_parallel":
+        from kcnn.engine.data_parallel import start
+
+        return start(cfg, fingerprint), None
     import keras
 
     if keras.backend.backend() != "tensorflow":
@@ -118,6 +178,17 @@ def scope(strategy):
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
+def is_data_parallel(strategy) -> bool:
+    from kcnn.engine.data_parallel import DataParallelJob
+
+    return isinstance(strategy, DataParallelJob)
+
+
+def guard(strategy):
+    """Where a multi-process job turns a dead peer into one clear error."""
+    return strategy.guard() if is_data_parallel(strategy) else contextlib.nullcontext()
+
+
 def check_global_batch(batch_size: int, replicas: int) -> int:
     if batch_size % replicas:
         raise KcnnError(
@@ -152,17 +223,9 @@ def set_precision(precision: str) -> None:
     import keras
 
     if precision == "mixed_float16":
-        backend = keras.backend.backend()
-        gpus = []
-        if backend == "tensorflow":
-            import tensorflow as tf
+        from kcnn.backend import gpus
 
-            gpus = tf.config.list_physical_devices("GPU")
-        elif backend == "jax":
-            import jax
-
-            gpus = [d for d in jax.devices() if d.platform == "gpu"]
-        if not gpus:
+        if not gpus():
             raise KcnnError(
                 "train.precision mixed_float16 needs a GPU (float16 math on this CPU is emulated and "
                 "far slower than float32); use mixed_bfloat16 or float32 here"

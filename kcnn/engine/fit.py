@@ -19,26 +19,29 @@ def fit_epochs(model, make_dataset: Callable[[Any], Any], sampler, batch_size: i
 
     ``make_dataset(feeder)`` turns an :class:`~kcnn.data.pipeline.EpochFeeder`
     into a tf.data pipeline. Under a ``tf.distribute`` strategy every input
-    pipeline feeds its own per-replica chunks of each global batch. Callbacks
+    pipeline feeds its own per-replica chunks of each global batch; under
+    ``data_parallel`` each process feeds its share of it. Callbacks
     with a ``use_feeder(feeder)`` method are told the feeder (it records the
     sampler state of every epoch, which a checkpoint saves).
     """
     from kcnn.data.images import bad_images_as_errors
     from kcnn.data.pipeline import EpochFeeder
+    from kcnn.engine.distribute import distributed_train_dataset, guard, is_data_parallel
 
     if strategy is None:
         feeder = EpochFeeder(sampler, batch_size, begin, end)
         dataset = make_dataset(feeder)
+    elif is_data_parallel(strategy):  # this process's share of every global batch
+        feeder = EpochFeeder(sampler, batch_size, begin, end, shard=strategy.shard())
+        dataset = make_dataset(feeder)
     else:
-        from kcnn.engine.distribute import distributed_train_dataset
-
         dataset, feeders = distributed_train_dataset(strategy, make_dataset, sampler, batch_size,
                                                      begin, end)
         feeder = feeders[0]
     for callback in callbacks:
         if hasattr(callback, "use_feeder"):
             callback.use_feeder(feeder)
-    with bad_images_as_errors("during training"):
+    with bad_images_as_errors("during training"), guard(strategy):
         return model.fit(
             dataset,
             epochs=end,

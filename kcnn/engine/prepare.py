@@ -25,21 +25,16 @@ def setup_determinism(seed: int, deterministic: bool) -> None:
     import keras
 
     keras.utils.set_random_seed(seed)
-    if deterministic and keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
+    if deterministic:
+        from kcnn.backend import enable_op_determinism
 
-        tf.config.experimental.enable_op_determinism()
+        enable_op_determinism()
 
 
 def versions() -> dict[str, str]:
-    import keras
+    from kcnn.backend import versions as library_versions
 
-    out = {"kcnn": __version__, "keras": keras.__version__, "backend": keras.backend.backend()}
-    if "tensorflow" in sys.modules or keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        out["tensorflow"] = tf.__version__
-    return out
+    return {"kcnn": __version__, **library_versions()}
 
 
 def preprocessing_layers(recipe: Recipe, train) -> tuple[list[Any], dict[str, Any]]:

@@ -28,7 +28,7 @@ from kcnn.engine.fit import fit_phases, frozen_comment, restore_checkpoint, trai
 from kcnn.engine.prepare import Plan, build_model, prepare, setup_determinism, versions
 from kcnn.engine.rundir import RunDir
 from kcnn.engine.summary import echo, footer, header
-from kcnn.errors import DataError, Interrupted, TrainingError
+from kcnn.errors import DataError, Interrupted, JobFailed, TrainingError
 from kcnn.io import write_json, write_text
 from kcnn.recipes import dump, load, loads
 from kcnn.recipes.schema import Recipe
@@ -71,22 +71,58 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks, epochs=None) -> Pat
         print(finished_message(run, recipe, state), file=sys.stderr)
         return run.path
     strategy, tf_config, data = start(recipe, state)
+    chief = is_chief(tf_config, strategy)
     with scope(strategy):
         # A run killed before its first checkpoint has nothing to restore: it warm-starts again.
         plan = prepare(recipe, data, state, resuming=bool(state.get("checkpoint")),
                        strategy=strategy)
         if run is None:
-            run = open_run(plan, run_dir, runs_root, chief=is_chief(tf_config))
+            run = open_run(plan, run_dir, runs_root, chief=chief)
         elif state.get("checkpoint"):
             restore_checkpoint(plan, run.checkpoints / state["checkpoint"], int(state["epoch"]) - 1,
                                state.get("rng"))
-        echo(header(plan, run, resumed_from=int(state.get("epoch", 0))))
-        checkpoint = make_checkpoint(plan, run, state)
-        all_callbacks = [*callbacks, *extra_callbacks(plan, run)]
-        with interruptible(run, checkpoint):
+        shown = chief_run_path(strategy, run)
+        writes = run if chief or resume is None else RunDir.create(scratch_dir())
+        echo(header(plan, run if chief else RunDir(shown), resumed_from=int(state.get("epoch", 0))))
+        checkpoint = make_checkpoint(plan, writes, state)
+        all_callbacks = [*callbacks, *extra_callbacks(plan, writes)]
+        with interruptible(RunDir(shown), checkpoint):
             fit_phases(plan, checkpoint, all_callbacks, state, multi_worker=tf_config is not None)
+    if not chief and strategy_is_data_parallel(strategy):
+        if checkpoint.nan_at is not None:
+            stopped(checkpoint, RunDir(shown))  # raises, as on process 0
+        return follower_done(writes, shown)
     stopped(checkpoint, run)
     return finalize(plan, run, checkpoint)
+
+
+def strategy_is_data_parallel(strategy) -> bool:
+    from kcnn.engine.distribute import is_data_parallel
+
+    return strategy is not None and is_data_parallel(strategy)
+
+
+def scratch_dir() -> Path:
+    """Where a process that is not the chief keeps its (discarded) checkpoints."""
+    return Path(tempfile.mkdtemp(prefix="kcnn-worker-")) / "run"
+
+
+def chief_run_path(strategy, run: RunDir) -> Path:
+    """The run dir process 0 writes, as every process of a data_parallel job knows it."""
+    if not strategy_is_data_parallel(strategy):
+        return run.path
+    return Path(strategy.broadcast_text(str(run.path)))
+
+
+def follower_done(scratch: RunDir, chief_run: Path) -> Path:
+    """A data_parallel process other than 0: training is done and process 0 evaluates and
+    writes the run, so the scratch checkpoints go."""
+    import shutil
+
+    shutil.rmtree(scratch.path.parent, ignore_errors=True)
+    print(f"data_parallel: this process's part is done; process 0 writes {chief_run}",
+          file=sys.stderr)
+    return chief_run
 
 
 @contextlib.contextmanager
@@ -101,6 +137,11 @@ def interruptible(run: RunDir, checkpoint):
     previous = signal.signal(signal.SIGTERM, on_term) if in_main else None
     try:
         yield
+    except JobFailed as err:
+        done = len(checkpoint.history)
+        kept = "no complete epoch" if not done else f"epochs 1-{done}"
+        raise JobFailed(f"{err} {run.path} keeps {kept}; once every host is back, start every "
+                        f"process again with: kcnn train --resume {run.path}") from None
     except (KeyboardInterrupt, Interrupted) as err:
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         done = len(checkpoint.history)
@@ -128,12 +169,16 @@ def reopen(resume, recipe: Recipe | None, epochs: int | None = None
         return None, recipe, {}
     run = RunDir.open(resume)
     state, note = run.resume_state()
-    if note:
-        print(note, file=sys.stderr)
-    run.remove_stale_temp_files()
     recipe = load(run.recipe)
+    from kcnn.engine.data_parallel import chief_of
+
+    chief = chief_of(recipe.distribute)  # the other processes of a job only read the run
+    if note and chief:
+        print(note, file=sys.stderr)
+    if chief:
+        run.remove_stale_temp_files()
     if epochs is not None:
-        recipe, state = extend(run, recipe, state, epochs)
+        recipe, state = extend(run, recipe, state, epochs, write=chief)
     return run, recipe, state
 
 
@@ -148,7 +193,7 @@ def finished_message(run: RunDir, recipe: Recipe, state: dict[str, Any]) -> str:
             f"nothing to resume. To train longer: kcnn train --resume {run.path} --epochs N")
 
 
-def extend(run: RunDir, recipe: Recipe, state: dict[str, Any], epochs: int):
+def extend(run: RunDir, recipe: Recipe, state: dict[str, Any], epochs: int, write: bool = True):
     """Raise the run's ``train.epochs`` to ``epochs`` (its recipe.yaml is rewritten) so a
     finished or early-stopped run trains on. Schedules whose length depends on the epoch
     count (cosine, the warm-up-free part of any schedule) are recomputed for the new total,
@@ -162,9 +207,11 @@ def extend(run: RunDir, recipe: Recipe, state: dict[str, Any], epochs: int):
     extended = recipe.model_copy(deep=True)
     extended.train.epochs = epochs
     comments = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
-    write_text(run.recipe, dump(extended.model_copy(update={"versions": saved.versions})) + comments)
     state = {k: v for k, v in state.items() if k not in ("version", "stopped_early")}
     state["patience_from"] = done  # early stopping counts its patience from here again
+    if not write:  # another process of the job (process 0) rewrites the run
+        return extended, state
+    write_text(run.recipe, dump(extended.model_copy(update={"versions": saved.versions})) + comments)
     run.write_state(state)
     print(f"extending {run.path} from {recipe.train.epochs} to {epochs} epochs"
           + (" (the cosine schedule is recomputed for the new length)"
@@ -180,9 +227,10 @@ def start(recipe: Recipe, state: dict[str, Any]):
 
     cfg = recipe.train
     check_batch_memory(recipe.data, cfg.batch_size)
+    # First: a multi-process JAX job must start before JAX computes anything.
+    strategy, tf_config = make_strategy(recipe.distribute, fingerprint(recipe))
     setup_determinism(recipe.seed + 1009 * int(state.get("epoch", 0)), cfg.deterministic)
     set_precision(cfg.precision)
-    strategy, tf_config = make_strategy(recipe.distribute)
     data = load_dataset(recipe.data)
     split = recipe.evaluate.split
     if len(data.split(split)) == 0:  # found now, not after the last epoch
@@ -197,9 +245,22 @@ def start(recipe: Recipe, state: dict[str, Any]):
     return strategy, tf_config, data
 
 
-def is_chief(tf_config) -> bool:
+def fingerprint(recipe: Recipe) -> str:
+    """What every process of a job must agree on: the recipe, less this process's id."""
+    import hashlib
+
+    shared = recipe.model_copy(update={"versions": None}, deep=True)
+    shared.distribute.process_id = None
+    return hashlib.sha256(dump(shared).encode()).hexdigest()
+
+
+def is_chief(tf_config, strategy=None) -> bool:
+    """Whether this process writes the run dir (the chief of TF_CONFIG, process 0 of a
+    data_parallel job)."""
     from kcnn.engine.distribute import is_chief as chief
 
+    if strategy_is_data_parallel(strategy):
+        return strategy.spec.is_chief
     return chief(tf_config)
 
 
@@ -211,7 +272,8 @@ def open_run(plan: Plan, run_dir, runs_root, chief: bool = True) -> RunDir:
     if not chief:  # other workers write to a scratch dir; the chief's is the run
         target = Path(tempfile.mkdtemp(prefix="kcnn-worker-")) / "run"
     run = RunDir.create(target)
-    resolved = recipe.model_copy(update={"versions": versions()})
+    resolved = recipe.model_copy(update={"versions": versions()}, deep=True)
+    resolved.distribute.process_id = None  # set per process by the launcher, never saved
     write_text(run.recipe, dump(resolved) + frozen_comment(plan.phases, plan.frozen_by_phase))
     write_json(run.preprocess, plan.stats)
     if plan.load_report is not None or any(plan.frozen_by_phase) or setup.report:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,22 @@ import numpy as np
 from kcnn.errors import KcnnError
 from kcnn.quiet import native_stderr_muted
 
+# Latency figures are taken the way an Android/iOS app runs a model on the CPU: LiteRT's
+# interpreter with its default XNNPACK delegate, batch 1, a fixed number of threads. One
+# thread is the default: numbers from different machines (and from a shared machine under
+# load) compare best that way, and LiteRT runs one thread unless the app sets a number.
+LATENCY_THREADS = 1
+LATENCY_WARMUP = 10
+
+
+def litert_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ai-edge-litert")
+    except PackageNotFoundError:
+        return "unknown"
+
 
 class TFLiteModel:
     """A TFLite flatbuffer with helpers to predict, time and inspect it.
@@ -20,15 +37,30 @@ class TFLiteModel:
     Inputs are raw float pixels; quantized inputs (``--int8-io``) are quantized
     here with the model's own scale and zero point, and quantized outputs are
     dequantized, so callers always see float logits.
+
+    ``xnnpack`` (default on) keeps LiteRT's default delegate, XNNPACK, which runs the
+    float, float16-weight, dynamic-range and int8 operators it supports; off, every
+    operator runs on LiteRT's own builtin kernels (for comparisons only: no app turns it
+    off). ``num_threads`` is fixed for the object's life.
     """
 
-    def __init__(self, content: bytes | str | Path, num_threads: int = 1):
-        from ai_edge_litert.interpreter import Interpreter
+    def __init__(self, content: bytes | str | Path, num_threads: int = LATENCY_THREADS,
+                 xnnpack: bool = True):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+        if not isinstance(num_threads, int) or isinstance(num_threads, bool) or num_threads < 1:
+            raise KcnnError(f"threads: must be an integer >= 1 (got {num_threads!r})")
         self.content = Path(content).read_bytes() if isinstance(content, (str, Path)) else content
+        self.num_threads = num_threads
+        self.xnnpack = xnnpack
+        # BUILTIN (what AUTO means today) is named explicitly: it is the resolver that
+        # applies the default delegate, and the latency report depends on it.
+        resolver = (OpResolverType.BUILTIN if xnnpack
+                    else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         with native_stderr_muted():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
             try:
-                self.interpreter = Interpreter(model_content=self.content, num_threads=num_threads)
+                self.interpreter = Interpreter(model_content=self.content, num_threads=num_threads,
+                                               experimental_op_resolver_type=resolver)
                 self.interpreter.allocate_tensors()
             except Exception as err:
                 raise KcnnError(f"cannot load TFLite model ({type(err).__name__}: {err})") from None
@@ -76,8 +108,43 @@ class TFLiteModel:
             out.append(self._dequantize(self.interpreter.get_tensor(self.output["index"])))
         return np.concatenate(out) if out else np.zeros((0,), "float32")
 
-    def latency_ms(self, image: np.ndarray, runs: int = 100, warmup: int = 5) -> float:
-        """Median single-image latency in milliseconds (XNNPACK, this object's thread count)."""
+    def latency_ms(self, image: np.ndarray, runs: int = 100, warmup: int = LATENCY_WARMUP) -> float:
+        """Median single-image latency in milliseconds (XNNPACK unless this object was made
+        without it, this object's thread count)."""
+        return self.latency(image, runs, warmup)["latency_ms_median"]
+
+    def latency(self, image: np.ndarray, runs: int = 100,
+                warmup: int = LATENCY_WARMUP) -> dict[str, Any]:
+        """Single-image latency and the settings it was taken with, as report fields.
+
+        Only ``invoke()`` is timed; the input is set (and quantized, for int8 input) before
+        the clock starts, as an app that writes straight into the input tensor would."""
+        return self.latency_report(self.invoke_times(image, runs, warmup), warmup)
+
+    def latency_report(self, times: list[float], warmup: int) -> dict[str, Any]:
+        """Report fields for invoke times measured on this object (see :meth:`latency`)."""
+        share = self.delegation()
+        return {
+            "latency_ms_median": float(statistics.median(times)),
+            "latency_ms_p90": float(np.percentile(times, 90)),
+            "latency_runs": len(times),
+            "latency_warmup": warmup,
+            "latency_threads": self.num_threads,
+            "latency_batch": 1,
+            "latency_runtime": f"LiteRT {litert_version()} interpreter",
+            "latency_delegate": "XNNPACK" if self.xnnpack else "none",
+            "xnnpack_ops": share["delegated_ops"],
+            "total_ops": share["total_ops"],
+            "xnnpack_partitions": share["partitions"],
+            "non_xnnpack_ops": share["undelegated_ops"],
+        }
+
+    def invoke_times(self, image: np.ndarray, runs: int,
+                     warmup: int = LATENCY_WARMUP) -> list[float]:
+        """Milliseconds of each of ``runs`` single-image ``invoke()`` calls after ``warmup``
+        untimed ones (a benchmark can interleave models by calling this in chunks)."""
+        if runs < 1:
+            raise KcnnError(f"latency runs: must be >= 1 (got {runs})")
         self._resize(1)
         q = self._quantize(np.asarray(image, dtype="float32")[None])
         times = []
@@ -87,7 +154,35 @@ class TFLiteModel:
             self.interpreter.invoke()
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1000.0)
-        return float(statistics.median(times))
+        return times
+
+    def delegation(self) -> dict[str, Any]:
+        """How much of the model the XNNPACK delegate took over.
+
+        A delegate shows in the interpreter's node list as extra ``DELEGATE`` nodes, one
+        per partition it replaced; the model's own nodes stay listed. A partition's nodes
+        are found by walking back from the ``DELEGATE`` node's outputs to its inputs. Every
+        node left over runs on LiteRT's builtin kernels, and each one between two
+        partitions costs a hand-over. Returns ``partitions``, ``delegated_ops``,
+        ``total_ops`` and ``undelegated_ops`` ({op type: count})."""
+        ops = self.interpreter._get_ops_details()  # no public API lists nodes
+        own = {o["index"]: o for o in ops if o["op_name"] != "DELEGATE"}
+        producer = {int(t): o["index"] for o in own.values() for t in o["outputs"]}
+        partitions = [o for o in ops if o["op_name"] == "DELEGATE"]
+        taken: set[int] = set()
+        for node in partitions:
+            entry = {int(t) for t in node["inputs"]}
+            stack = [int(t) for t in node["outputs"]]
+            while stack:
+                tensor = stack.pop()
+                index = producer.get(tensor)
+                if tensor in entry or index is None or index in taken:
+                    continue
+                taken.add(index)
+                stack.extend(int(t) for t in own[index]["inputs"] if int(t) >= 0)
+        left = Counter(o["op_name"] for i, o in own.items() if i not in taken)
+        return {"partitions": len(partitions), "delegated_ops": len(taken),
+                "total_ops": len(own), "undelegated_ops": dict(sorted(left.items()))}
 
     def ops(self) -> list[dict[str, Any]]:
         """The model's operators (before any delegate rewrites them), with tensor dtypes."""

@@ -96,13 +96,9 @@ def _int16x8(converter, tf, samples, int8_io):
 
 
 def require_tensorflow_backend() -> None:
-    import keras
+    from kcnn.backend import require_tensorflow
 
-    if keras.backend.backend() != "tensorflow":
-        raise KcnnError(
-            f"export needs the TensorFlow backend (KERAS_BACKEND is {keras.backend.backend()!r}); "
-            "run it with KERAS_BACKEND=tensorflow"
-        )
+    require_tensorflow("export")
 
 
 def convert(model, mode: str, calibration: np.ndarray | None = None, int8_io: bool = False,
@@ -110,8 +106,12 @@ def convert(model, mode: str, calibration: np.ndarray | None = None, int8_io: bo
     """Convert a Keras model to a TFLite flatbuffer in ``mode``. Builtin ops only (no Flex).
 
     ``float_layers`` (int8 only): names of Keras layers whose TFLite ops stay in float
-    (see :class:`SelectiveQuantizer`)."""
-    require_tensorflow_backend()
+    (see :class:`SelectiveQuantizer`). On another Keras backend the conversion runs in a
+    TensorFlow child process (:func:`kcnn.backend.convert_in_tensorflow`)."""
+    from kcnn import backend
+
+    if not backend.is_tensorflow():
+        return backend.convert_in_tensorflow(model, mode, calibration, int8_io, float_layers)
     import tensorflow as tf
 
     configure = QUANTIZE_MODES.get(mode)

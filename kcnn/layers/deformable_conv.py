@@ -48,11 +48,13 @@ class DeformableConv2D(keras.layers.Layer):
     outside the image read zeros (as the zero padding of a convolution).
 
     Implementation: the four bilinear neighbours of every sampling position
-    are fetched with one ``take`` (gather) each from the zero-bordered input;
-    the weighted samples ``(batch, out_h, out_w, k_h * k_w, channels)`` then
-    meet the kernel in one matrix product (an im2col with moving columns). The sampling runs in float32 whatever the dtype
-    policy. Memory grows as ``k_h * k_w`` times the input (im2col), so
-    this layer is meant for a few late layers of a network, as in the paper.
+    are fetched with a single ``take`` (gather) from a table of the
+    zero-bordered input's 2x2 neighbourhoods; the weighted samples
+    ``(batch, out_h, out_w, k_h * k_w, channels)`` then meet the kernel in one
+    matrix product (an im2col with moving columns). The sampling runs in
+    float32 whatever the dtype policy. Memory grows as ``4 * k_h * k_w`` times
+    the input (the gathered corners), so this layer is meant for a few late
+    layers of a network, as in the paper.
 
     Args:
         filters: Positive integer, the number of output channels.
@@ -178,34 +180,67 @@ class DeformableConv2D(keras.layers.Layer):
 
     def call(self, inputs):
         x = to_channels_last(inputs, self.data_format)
-        offsets = ops.conv(
-            x,
-            self.offset_kernel,
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format="channels_last",
-        )
-        offsets = ops.cast(offsets + self.offset_bias, "float32")
-        samples = self._sample(ops.cast(x, "float32"), offsets)
+        offset_y, offset_x = self._offsets(x)
+        samples = self._sample(ops.cast(x, "float32"), offset_y, offset_x)
         samples = ops.cast(samples, self.compute_dtype)
-        # samples: (batch, oh, ow, K, C) -> (batch, oh, ow, K * C), matching
-        # the kernel reshaped from (kh, kw, C, filters) to (K * C, filters).
-        batch, out_h, out_w = ops.shape(offsets)[0], ops.shape(offsets)[1], ops.shape(offsets)[2]
+        # samples: (batch, oh, ow, K, C) -> (batch * oh * ow, K * C), matching
+        # the kernel reshaped from (kh, kw, C, filters) to (K * C, filters). A
+        # 2-D product: TensorFlow runs a 4-D by 2-D matmul as a broadcast
+        # batch matmul, about twice as slow.
+        shape = ops.shape(offset_y)
         kh, kw = self.kernel_size
         channels = x.shape[-1]
-        patches = ops.reshape(samples, (batch, out_h, out_w, kh * kw * channels))
+        patches = ops.reshape(samples, (-1, kh * kw * channels))
         kernel = ops.reshape(self.kernel, (kh * kw * channels, self.filters))
-        outputs = ops.matmul(patches, kernel)
+        outputs = ops.reshape(
+            ops.matmul(patches, kernel), (shape[0], shape[1], shape[2], self.filters)
+        )
         if self.use_bias:
             outputs = outputs + self.bias
         outputs = self.activation(outputs)
         return from_channels_last(outputs, self.data_format)
 
-    def _sample(self, x, offsets):
-        """Bilinear samples of ``x`` at the deformed grid, ``(B, oh, ow, K, C)``."""
+    def _offsets(self, x):
+        """The row and column offsets, two float32 ``(batch, oh, ow, K)`` tensors.
+
+        The offset kernel's output channels are interleaved
+        ``(dy_0, dx_0, dy_1, ...)`` (the saved weights keep that order); they
+        are regrouped on the small kernel, as ``(dy_0 .. dy_{K-1}, dx_0 ..)``,
+        so that the convolution's output splits into two contiguous halves
+        (slicing every other channel of the large output, and its gradient,
+        costs more than the convolution on TensorFlow).
+        """
+        kh, kw = self.kernel_size
+        taps = kh * kw
+        kernel = ops.reshape(self.offset_kernel, (kh, kw, -1, taps, 2))
+        kernel = ops.reshape(ops.transpose(kernel, (0, 1, 2, 4, 3)), (kh, kw, -1, 2 * taps))
+        bias = ops.reshape(ops.transpose(ops.reshape(self.offset_bias, (taps, 2))), (2 * taps,))
+        offsets = ops.conv(
+            x,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            data_format="channels_last",
+        )
+        offsets = ops.cast(offsets + bias, "float32")
+        offset_y, offset_x = ops.split(offsets, 2, axis=-1)
+        return offset_y, offset_x
+
+    def _sample(self, x, offset_y, offset_x):
+        """Bilinear samples of ``x`` at the deformed grid, ``(B, oh, ow, K, C)``.
+
+        ``x`` is first laid out as a table with one row per 2x2 neighbourhood
+        of the zero-bordered input (its four pixels side by side, ``4 * C``
+        numbers), so one gather fetches the four corners of every sample
+        (and its gradient is one scatter-add of wide rows). A sample whose
+        top-left corner ``(y0, x0)`` lies in ``[-1, H - 1] x [-1, W - 1]``
+        reads its neighbourhood there, the border supplying the zeros outside
+        the image; any other sample has all four corners outside the image
+        and gets zero weights.
+        """
         height, width = spatial_shape(x)
-        shape = ops.shape(offsets)
+        shape = ops.shape(offset_y)
         batch, out_h, out_w = shape[0], shape[1], shape[2]
         kh, kw = self.kernel_size
         sh, sw = self.strides
@@ -218,41 +253,47 @@ class DeformableConv2D(keras.layers.Layer):
         # Regular grid: output (i, j), point k -> (i*sh - top + gy_k, j*sw - left + gx_k).
         rows = ops.cast(ops.arange(out_h) * sh - top, "float32")
         cols = ops.cast(ops.arange(out_w) * sw - left, "float32")
-        offsets = ops.reshape(offsets, (batch, out_h, out_w, kh * kw, 2))
-        pos_y = rows[:, None, None] + ops.convert_to_tensor(self._grid_y) + offsets[..., 0]
-        pos_x = cols[None, :, None] + ops.convert_to_tensor(self._grid_x) + offsets[..., 1]
-
+        pos_y = ops.reshape(rows, (-1, 1, 1)) + ops.convert_to_tensor(self._grid_y) + offset_y
+        pos_x = ops.reshape(cols, (1, -1, 1)) + ops.convert_to_tensor(self._grid_x) + offset_x
         y0 = ops.floor(pos_y)
         x0 = ops.floor(pos_x)
         wy = pos_y - y0  # weight of the lower neighbour row (y0 + 1)
         wx = pos_x - x0  # weight of the right neighbour column (x0 + 1)
 
-        # A one-pixel zero border: clipping any corner's row to [-1, H] and
-        # column to [-1, W] sends corners outside the image onto the border,
-        # which reads 0, and leaves the corners inside the image unchanged.
         channels = x.shape[-1]
-        padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        pixels = ops.reshape(padded, (-1, channels))
-        row_stride = width + 2
-        image_start = ops.arange(batch, dtype="int32")[:, None, None, None] * (
-            (height + 2) * row_stride
+        # Neighbourhood (r, c) of the bordered input P holds P[r, c], P[r, c + 1],
+        # P[r + 1, c], P[r + 1, c + 1]: four zero-paddings of x, r in [0, H], c in [0, W].
+        table = ops.concatenate(
+            [
+                ops.pad(x, [[0, 0], [1 - down, down], [1 - right, right], [0, 0]])
+                for down in (0, 1)
+                for right in (0, 1)
+            ],
+            axis=-1,
         )
-        last_row = ops.cast(height + 1, "float32")
-        last_col = ops.cast(width + 1, "float32")
-        corner_rows = [ops.cast(ops.clip(r + 1, 0, last_row), "int32") for r in (y0, y0 + 1)]
-        corner_cols = [ops.cast(ops.clip(c + 1, 0, last_col), "int32") for c in (x0, x0 + 1)]
-        row_weights = (1.0 - wy, wy)
-        col_weights = (1.0 - wx, wx)
+        table = ops.reshape(table, (-1, 4 * channels))
+        last_row = ops.cast(height - 1, "float32")
+        last_col = ops.cast(width - 1, "float32")
+        inside = (y0 >= -1.0) & (y0 <= last_row) & (x0 >= -1.0) & (x0 <= last_col)
+        row = ops.cast(ops.clip(y0 + 1.0, 0.0, last_row + 1.0), "int32")
+        col = ops.cast(ops.clip(x0 + 1.0, 0.0, last_col + 1.0), "int32")
+        row_stride = width + 1
+        image_start = ops.reshape(ops.arange(batch, dtype="int32"), (-1, 1, 1, 1)) * (
+            (height + 1) * row_stride
+        )
+        values = ops.take(table, image_start + row * row_stride + col, axis=0)
+        values = ops.reshape(values, (batch, out_h, out_w, kh * kw, 4, channels))
 
-        samples = None
-        for row, row_weight in zip(corner_rows, row_weights):
-            for col, col_weight in zip(corner_cols, col_weights):
-                # (batch, oh, ow, K, C): one gather per corner keeps every
-                # reduction elementwise (no sum over a middle axis).
-                values = ops.take(pixels, image_start + row * row_stride + col, axis=0)
-                term = values * (row_weight * col_weight)[..., None]
-                samples = term if samples is None else samples + term
-        return samples
+        # Corner weights (B, oh, ow, K, 4), corners in the table's order; built
+        # by broadcasting against constant corner flags rather than stacking
+        # along the last axis (whose gradient is a slow element-wise unstack).
+        lower = ops.convert_to_tensor(np.array([False, False, True, True]))
+        right = ops.convert_to_tensor(np.array([False, True, False, True]))
+        wy = ops.expand_dims(wy, -1)
+        wx = ops.expand_dims(wx, -1)
+        weights = ops.where(lower, wy, 1.0 - wy) * ops.where(right, wx, 1.0 - wx)
+        weights = ops.where(ops.expand_dims(inside, -1), weights, 0.0)
+        return ops.sum(values * ops.expand_dims(weights, -1), axis=-2)
 
     def compute_output_shape(self, input_shape):
         return conv2d_output_shape(input_shape, self.filters, self.kernel_size, self.strides,

@@ -11,6 +11,49 @@ from kcnn.layers._utils import from_channels_last, pool_windows, to_channels_las
 # Below this, a pooling window's mean counts as zero (all its inputs are 0).
 _TINY = 1e-30
 
+# Multipliers of the 32-bit integer hash below (Wellons' "lowbias32"), and an
+# odd constant that keeps a zero seed from giving a zero key.
+_MIX_1 = 0x7FEB352D
+_MIX_2 = 0x846CA68B
+_GOLDEN = 0x9E3779B9
+
+
+def _mix32(h):
+    """A bijective avalanche hash of uint32 values (xor-shift / multiply rounds)."""
+    h = ops.bitwise_xor(h, ops.right_shift(h, 16))
+    h = h * ops.convert_to_tensor(_MIX_1, "uint32")
+    h = ops.bitwise_xor(h, ops.right_shift(h, 15))
+    h = h * ops.convert_to_tensor(_MIX_2, "uint32")
+    return ops.bitwise_xor(h, ops.right_shift(h, 16))
+
+
+def _hash_uniform(shape, size, seed):
+    """Uniform floats in ``[0, 1)`` of ``shape`` (``size`` elements), from a 2-word ``seed``.
+
+    Why not ``keras.random.uniform``: on TensorFlow it is a stateless Philox
+    draw, which XLA compiles on CPU into a slow scalar loop; with Keras'
+    ``fit`` (``jit_compile=True`` by default) that draw cost several times the
+    whole pooling step. This is a counter-based generator written with
+    integer ``keras.ops``, which every backend and XLA turn into a few cheap
+    vectorised passes: element ``i`` gets ``mix(i * m + k)``, where the odd
+    multiplier ``m`` and the offset ``k`` are hashed from both seed words.
+    The ``SeedGenerator`` advances the second word on every call, so each
+    call walks the 32-bit space along a different stride from a different
+    start, and ``mix`` (a bijective avalanche hash) scrambles the walk. The
+    top 23 bits make the float, as in TensorFlow's own ``stateless_uniform``,
+    so ``u <= 1 - 2**-23`` and ``u * total`` stays below ``total``.
+    """
+    seed = ops.cast(seed, "uint32")
+    golden = ops.convert_to_tensor(_GOLDEN, "uint32")
+    key = _mix32(seed[0] + golden)
+    one = ops.convert_to_tensor(1, "uint32")
+    multiplier = ops.bitwise_or(ops.left_shift(_mix32(ops.bitwise_xor(seed[1], key)), one), one)
+    offset = _mix32(multiplier + key)
+    counter = ops.cast(ops.arange(size, dtype="int32"), "uint32")
+    bits = _mix32(counter * multiplier + offset)
+    u = ops.cast(ops.right_shift(bits, 9), "float32") * (2.0**-23)
+    return ops.reshape(u, shape)
+
 
 @keras.saving.register_keras_serializable(package="kcnn")
 class StochasticPooling2D(BasePooling2D):
@@ -50,7 +93,10 @@ class StochasticPooling2D(BasePooling2D):
             or ``"same"``, case-insensitive. ``data_format``:
             ``"channels_last"``, ``"channels_first"`` or ``None`` (the
             default: ``keras.config.image_data_format()``).
-        seed: Optional integer seed of the layer's random draws.
+        seed: Optional integer seed of the layer's random draws. The draws
+            depend only on the state of the layer's ``SeedGenerator`` (built
+            from this seed and advanced once per training call), and are the
+            same on every backend.
         **kwargs: Base layer keyword arguments, such as ``name`` and ``dtype``.
 
     Call arguments:
@@ -122,36 +168,33 @@ class StochasticPooling2D(BasePooling2D):
         return mean_square / ops.maximum(mean, _TINY)
 
     def _sample(self, x):
-        """One draw per window; the output is ``sum_k mask_k * a_k``.
+        """One draw per window: the drawn element itself, ``a_k``.
 
         The windows' elements are visited as ``K = ph * pw`` tensors of
         output shape (``pool_windows``). With the running sums
         ``cum_k = a_0 + ... + a_k`` and a threshold ``t = u * cum_{K-1}``
         with ``u ~ U[0, 1)``, element ``k`` is drawn when
-        ``cum_{k-1} <= t < cum_k``, which happens with probability
-        ``a_k / sum a``. The indicators ``[cum_k > t]`` are monotone in ``k``,
-        so their successive differences form a one-hot mask. Zeros are never
-        drawn (``cum_k == cum_{k-1}``), and an all-zero window gets an
-        all-zero mask. The mask is a constant for differentiation, so the
-        gradient reaches the drawn element only.
+        ``cum_{k-1} <= t < cum_k`` (the first ``k`` with ``t < cum_k``),
+        which happens with probability ``a_k / sum a``. Zeros are never drawn
+        (``cum_k == cum_{k-1}``), and as ``t < cum_{K-1}`` whenever the window
+        has a positive element, the last element is the fallback only for
+        those, or for all-zero windows (whose output is then 0). The choice is
+        a chain of ``where``: the gradient reaches the drawn element only (for
+        an all-zero window, a clamped input, whose gradient the ReLU zeroes).
         """
         views = pool_windows(x, self.pool_size, self.strides, self.padding)
         total = None
         running = []
         for view in views:
-            value = ops.stop_gradient(view)
-            total = value if total is None else total + value
+            total = view if total is None else total + view
             running.append(total)
-        u = keras.random.uniform(ops.shape(total), dtype="float32", seed=self.seed_generator)
-        threshold = u * total
-        outputs = None
-        previous = None
-        for view, cum in zip(views, running):
-            above = ops.cast(cum > threshold, "float32")
-            mask = above if previous is None else above - previous
-            previous = above
-            term = ops.stop_gradient(mask) * view
-            outputs = term if outputs is None else outputs + term
+        # ``next()`` advances the generator's state as ``keras.random`` would,
+        # so a restored state replays the same draws.
+        u = _hash_uniform(ops.shape(total), ops.size(total), self.seed_generator.next())
+        threshold = ops.stop_gradient(u * total)
+        outputs = views[-1]
+        for view, cum in zip(views[-2::-1], running[-2::-1]):
+            outputs = ops.where(threshold < cum, view, outputs)
         return outputs
 
     def get_config(self):

@@ -714,10 +714,15 @@ class Export(Strict):
 
 # ----------------------------------------------------------------------------- distribution
 class Distribute(Strict):
-    """Run the same recipe through a ``tf.distribute`` strategy.
+    """Train on more devices or machines; the recipe is otherwise unchanged.
 
     ``train.batch_size`` is the global batch, split evenly across replicas (it must
-    divide by their number). ``multi_worker`` reads the cluster from ``TF_CONFIG``.
+    divide by their number). ``data_parallel`` (JAX backend) is
+    ``keras.distribution.DataParallel`` over every device of every process; a
+    multi-process job takes its settings from Keras' environment variables
+    (``KERAS_DISTRIBUTION_JOB_ADDRESSES``, ``_NUM_PROCESSES``, ``_PROCESS_ID``), else
+    from the keys below. ``mirrored`` and ``multi_worker`` are ``tf.distribute``
+    strategies (TensorFlow backend); ``multi_worker`` reads the cluster from ``TF_CONFIG``.
     """
 
     strategy: choices.Strategy = "none"
@@ -725,6 +730,18 @@ class Distribute(Strict):
         None, description="mirrored: devices to use, e.g. ['/gpu:0', '/gpu:1'] (default: all GPUs, else the CPU)."
     )
     tpu: str | None = Field(None, description="tpu: TPU name or grpc:// address ('' = local).")
+    job_addresses: str | None = Field(
+        None, description="data_parallel: 'host:port' of process 0 (the coordinator), or every "
+                          "process's address, comma-separated (KERAS_DISTRIBUTION_JOB_ADDRESSES wins).")
+    num_processes: int | None = Field(
+        None, ge=1, description="data_parallel: processes in the job (KERAS_DISTRIBUTION_NUM_PROCESSES wins).")
+    process_id: int | None = Field(
+        None, ge=0, description="data_parallel: this process, 0 .. num_processes-1; best set per "
+                                "process by the launcher (KERAS_DISTRIBUTION_PROCESS_ID wins). "
+                                "Not saved in the run's recipe.")
+    timeout: float = Field(
+        120.0, gt=0, le=3600, description="data_parallel: seconds to wait for the other processes "
+                                          "at start-up, and for a silent process before the job stops.")
 
 
 # ----------------------------------------------------------------------------- fine-tuning

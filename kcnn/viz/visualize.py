@@ -5,7 +5,7 @@
   channels (blue negative, red positive).
 * :func:`plot_feature_maps` — a layer's activation maps for one image.
 * :func:`plot_saliency` — |∂ score / ∂ pixel| for the predicted class
-  (Simonyan et al., 2014), with TensorFlow's ``GradientTape``.
+  (Simonyan et al., 2014), through :func:`kcnn.backend.class_score_gradient`.
 * :func:`plot_top_patches` — for a layer's channels, the image patches (cut
   by the layer's receptive field) that excite each channel most: shallow
   layers answer to short edges and strokes, deep ones to larger parts (loops,
@@ -203,24 +203,11 @@ def _colorbar(fig, image, axes, label: str) -> None:
 # ----------------------------------------------------------------------------- saliency
 def saliency(model, image: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     """(predicted class, |gradient| max over channels (H, W), logits) for one image."""
-    import keras
+    from kcnn.backend import class_score_gradient
 
-    if keras.backend.backend() != "tensorflow":
-        raise KcnnError("--saliency needs the TensorFlow backend (KERAS_BACKEND=tensorflow)")
-    import tensorflow as tf
-
-    x = tf.convert_to_tensor(image, dtype=tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        scores = model(x, training=False)
-        if len(scores.shape) != 2:
-            raise KcnnError(f"saliency needs class scores (batch, classes); the model outputs "
-                            f"{tuple(scores.shape)}")
-        predicted = int(tf.argmax(scores[0]))
-        target = scores[0, predicted]
-    grad = tape.gradient(target, x)
-    sal = np.abs(grad.numpy()[0]).max(axis=-1)
-    return predicted, sal, scores.numpy()[0]
+    scores, grad = class_score_gradient(model, image)
+    predicted = int(np.argmax(scores[0]))
+    return predicted, np.abs(grad[0]).max(axis=-1), scores[0]
 
 
 def plot_saliency(model, image: np.ndarray, path: Path, class_names: Sequence[str] | None = None

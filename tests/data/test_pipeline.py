@@ -77,3 +77,23 @@ def test_rotation_by_zero_is_identity_and_deterministic():
     b = augment_batch(img, Augment(rotate=20, translate=0.1), seed)
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not np.allclose(a.numpy(), img.numpy())
+
+
+def test_shards_of_a_global_batch_get_the_one_process_augmentation():
+    """A data-parallel process feeds rows offset.. of each global batch; its random warps
+    are those rows of the warps one process draws for the whole batch."""
+    rng = np.random.default_rng(1)
+    x, y = rng.random((24, 6, 6, 1)).astype("float32"), np.arange(24) % 3
+    aug = Augment(crop_padding=1, flip=True, rotate=15, translate=0.1)
+
+    def batches(shard):
+        feeder = EpochFeeder(ShuffleSampler(y, 3, seed=2), 8, 0, 2, shard=shard)
+        return list(train_dataset(Split(x, y), feeder, aug, seed=3).as_numpy_iterator())
+
+    whole = batches(None)
+    halves = [batches((p, 2, 1)) for p in (0, 1)]
+    assert len(whole) == 6 and all(len(h) == 6 for h in halves)
+    for b, full in enumerate(whole):
+        joined = np.concatenate([halves[0][b][0], halves[1][b][0]])
+        np.testing.assert_allclose(joined, full[0], atol=1e-6)
+        np.testing.assert_array_equal(np.concatenate([halves[0][b][1], halves[1][b][1]]), full[1])

@@ -201,14 +201,14 @@ def test_resume_continues_the_uninterrupted_sequence(name):
 
     labels = lt_labels()
     full_feeder = EpochFeeder(build(name, labels, seed=7), 32, start_epoch=0, epochs=6)
-    full = [(int(e), int(b), idx) for e, b, idx in full_feeder()]
+    full = [(int(e), int(b), idx) for e, b, idx, *_ in full_feeder()]
     # interrupted after epoch 2: the checkpoint holds the state recorded after drawing epoch 2
     first = EpochFeeder(build(name, labels, seed=7), 32, start_epoch=0, epochs=3)
     list(first())
     saved = json.loads(json.dumps(first.states[2]))  # what state.json stores
     resumed_sampler = build(name, labels, seed=7)
     resumed_sampler.load_state_dict(saved)
-    resumed = [(int(e), int(b), idx) for e, b, idx in EpochFeeder(resumed_sampler, 32, 3, 6)()]
+    resumed = [(int(e), int(b), idx) for e, b, idx, *_ in EpochFeeder(resumed_sampler, 32, 3, 6)()]
     tail = [t for t in full if t[0] >= 3]
     assert [t[:2] for t in resumed] == [t[:2] for t in tail]
     for (_, _, x), (_, _, y) in zip(resumed, tail):
@@ -279,3 +279,18 @@ def test_one_million_labels_one_epoch_under_a_second():
             best = min(best, time.process_time() - t)
         assert len(batches) == s.num_batches(256)
         assert best < 1.0, (name, best)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLER_KWARGS))
+def test_a_feeder_iterated_twice_gives_the_same_batches(name):
+    """Keras' JAX trainer reads a first batch to build the model, then iterates again: a
+    stateful sampler must replay, not move on."""
+    from kcnn.data.pipeline import EpochFeeder
+
+    feeder = EpochFeeder(build(name, lt_labels(), seed=3), 32, start_epoch=1, epochs=3)
+    next(iter(feeder()))  # the peek
+    first = [idx for _, _, idx, *_ in feeder()]
+    again = [idx for _, _, idx, *_ in feeder()]
+    assert len(first) == len(again) > 0
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)

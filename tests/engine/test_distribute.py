@@ -23,7 +23,7 @@ def test_sharded_feeders_cover_every_index_once_per_epoch():
     sampler = ShuffleSampler(np.arange(103) % 4, 4, seed=3)
     seen = {0: [], 1: []}
     for pipeline in range(2):  # 2 workers x 2 replicas each
-        for epoch, _, idx in EpochFeeder(sampler, 20, 0, 2, shard=(pipeline, 2, 2))():
+        for epoch, _, idx, *_ in EpochFeeder(sampler, 20, 0, 2, shard=(pipeline, 2, 2))():
             assert len(idx) == 5
             seen[int(epoch)].extend(idx.tolist())
     for epoch in (0, 1):
@@ -65,7 +65,7 @@ def test_mixed_float16_refused_without_gpu():
 def test_unknown_strategy_is_a_recipe_error(tiny_recipe):
     from kcnn.errors import RecipeError
 
-    with pytest.raises(RecipeError, match=r"distribute.strategy: must be one of 'none', 'mirrored'"):
+    with pytest.raises(RecipeError, match=r"distribute.strategy: must be one of 'none', 'data_parallel', 'mirrored'"):
         load(tiny_recipe, ["distribute.strategy=horovod"])
 
 
@@ -168,3 +168,24 @@ def test_mixed_bfloat16_training_keeps_float32_logits_and_restores_policy(tiny_r
     assert keras.backend.standardize_dtype(out.dtype) == "float32"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["accuracy"] > 0.3
+
+
+def test_keras_still_has_what_the_multi_worker_patch_replaces():
+    """Fails loudly when a Keras release moves, re-signs or fixes the private functions that
+    kcnn patches for multi_worker (engine/distribute.py): re-check the patch, then update
+    PATCH_TARGETS / BUGGY_LINE, or drop the patch if Keras fixed tensorflow#72388."""
+    from kcnn.engine.distribute import patch_target_problems
+
+    assert patch_target_problems() == []
+
+
+def test_a_patch_target_that_moved_is_one_line(monkeypatch):
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    from kcnn.engine import distribute
+
+    monkeypatch.setattr(tf_trainer, "reduce_per_replica", lambda values, strategy: values)
+    problems = distribute.patch_target_problems()
+    assert any("reduce_per_replica now takes ('values', 'strategy')" in p for p in problems)
+    with pytest.raises(KcnnError, match="multi_worker: kcnn's workaround for Keras .* does not fit"):
+        distribute.patch_keras_multi_worker_reduce()

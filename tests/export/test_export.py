@@ -13,7 +13,7 @@ from kcnn.engine.evaluate import evaluate
 from kcnn.engine.train import train
 from kcnn.errors import KcnnError, RunDirError
 from kcnn.export import api
-from kcnn.export.runtime import TFLiteModel
+from kcnn.export.runtime import LATENCY_THREADS, TFLiteModel
 from kcnn.export.tflite import balanced_calibration
 from kcnn.recipes import load
 
@@ -61,6 +61,12 @@ def test_every_mode_loads_is_accurate_and_shrinks(reports, export_run, mode, rat
     assert ratio[0] <= size <= ratio[1], size
     assert report["flex_ops"] == [] and "CONV_2D" in report["ops"]
     assert report["latency_ms_median"] > 0
+    # measured as an app runs it: XNNPACK on, one thread, one image per invoke()
+    assert report["latency_delegate"] == "XNNPACK" and report["latency_threads"] == 1
+    assert report["latency_batch"] == 1 and report["latency_runtime"].startswith("LiteRT ")
+    if mode != "int16x8":  # XNNPACK has no int16-activation kernels
+        assert report["xnnpack_ops"] == report["total_ops"] > 0, report["non_xnnpack_ops"]
+        assert report["xnnpack_partitions"] == 1 and report["non_xnnpack_ops"] == {}
     if mode == "none":
         assert report["max_abs_logit_diff"] < 1e-4
     if mode in ("int8", "int16x8"):
@@ -72,6 +78,47 @@ def test_int8_io_has_integer_tensors(export_run, tmp_path):
                                out=tmp_path / "io.tflite", latency_runs=3)
     assert report["input_dtype"] == "int8"
     assert report["accuracy"] >= report["keras_accuracy"] - 0.03
+
+
+def test_xnnpack_takes_the_int8_model_and_only_when_asked(reports):
+    """The delegation count reads the interpreter's real node list: without the delegate
+    nothing is delegated, so a runtime that stopped applying XNNPACK fails here."""
+    path = reports["int8"]["file"]
+    on, off = TFLiteModel(path).delegation(), TFLiteModel(path, xnnpack=False).delegation()
+    assert on["delegated_ops"] == on["total_ops"] == off["total_ops"] > 0
+    assert on["partitions"] == 1 and on["undelegated_ops"] == {}
+    assert off["delegated_ops"] == 0 and off["partitions"] == 0
+    assert sum(off["undelegated_ops"].values()) == off["total_ops"]
+    assert "CONV_2D" in off["undelegated_ops"]
+    timed = TFLiteModel(path, xnnpack=False).latency(np.zeros((8, 8, 1), "float32"), runs=3)
+    assert timed["latency_delegate"] == "none" and timed["xnnpack_ops"] == 0
+
+
+def test_latency_threads_reach_the_report_and_the_table(export_run, reports, tmp_path):
+    report = api.export_tflite(export_run, mode="int8", calibration=20, latency_runs=3,
+                               latency_threads=2, out=tmp_path / "t2.tflite")
+    assert report["latency_threads"] == 2 and report["latency_delegate"] == "XNNPACK"
+    assert api.DEFAULT_LATENCY_THREADS == LATENCY_THREADS == reports["none"]["latency_threads"]
+    assert json.loads((tmp_path / "export_report.json").read_text())["latency_threads"] == 2
+    table = api.comparison_table([reports["none"], reports["int8"]]).splitlines()
+    assert table[-1].startswith("latency: median of 5 single-image invoke() calls")
+    assert table[-1].endswith(", XNNPACK delegate on, 1 thread")
+    header = [c.strip() for c in table[0].strip("|").split("|")]
+    row = dict(zip(header, (c.strip() for c in table[3].strip("|").split("|"))))
+    assert row["ops on XNNPACK"] == f"{reports['int8']['total_ops']}/{reports['int8']['total_ops']}"
+    assert row["latency vs float"].endswith("×")
+    # a float export timed with other settings is no baseline for the latency ratio
+    mixed = api.comparison_table([report], baseline=reports["none"]).splitlines()
+    row = dict(zip(header, (c.strip() for c in mixed[2].strip("|").split("|"))))
+    assert row["latency vs float"] == "–" and row["size vs float"].endswith("×")
+    assert mixed[-2].endswith(", XNNPACK delegate on, 2 threads")
+    assert mixed[-1].startswith("latency vs float left out where the settings differ")
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_bad_thread_count_is_one_line(threads):
+    with pytest.raises(KcnnError, match=r"--threads: must be an integer >= 1"):
+        api.check_options("tflite", "int8", None, threads)
 
 
 def test_calibration_set_is_class_balanced():

@@ -145,6 +145,52 @@ def test_random_offsets_match_numpy(strides, padding, dilation):
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shift", [0.5, -1.25, 6.5, -40.0])
+def test_offsets_across_and_past_the_border_match_numpy(shift):
+    # Samples straddling the border (one corner inside), and samples whose
+    # four corners all lie outside the image (zeros), among in-image ones.
+    x = random_input((2, 5, 6, 2), seed=67)
+    layer = DeformableConv2D(
+        3,
+        3,
+        padding="same",
+        offset_kernel_initializer=keras.initializers.RandomNormal(0, 0.5, seed=5),
+        bias_initializer="random_normal",
+    )
+    layer.build(x.shape)
+    bias = np.random.default_rng(68).normal(shift, 1.0, size=18).astype("float32")
+    layer.offset_bias.assign(bias)
+    y = to_numpy(call_layer(layer, x))
+    offsets = to_numpy(
+        keras.ops.conv(x, layer.offset_kernel, 1, "same")
+    ) + to_numpy(layer.offset_bias)
+    expected = numpy_deformable(
+        x, offsets, to_numpy(layer.kernel), to_numpy(layer.bias), (1, 1), "same", (1, 1)
+    )
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_keep_their_names_shapes_and_order():
+    # Saved models store these four variables in this order; the offset
+    # kernel's channels stay interleaved (dy_0, dx_0, dy_1, dx_1, ...).
+    layer = DeformableConv2D(4, (2, 3))
+    layer.build((None, 8, 8, 3))
+    assert [(w.path.split("/")[-1], tuple(w.shape)) for w in layer.weights] == [
+        ("kernel", (2, 3, 3, 4)),
+        ("bias", (4,)),
+        ("offset_kernel", (2, 3, 3, 12)),
+        ("offset_bias", (12,)),
+    ]
+    # A (dy, dx) = (0, 1) offset on tap 0 only: channel 1 is tap 0's dx.
+    x = random_input((1, 4, 4, 1), seed=69)
+    layer = DeformableConv2D(1, 1, kernel_initializer="ones", use_bias=False)
+    layer.build(x.shape)
+    layer.offset_bias.assign(np.array([0.0, 1.0], "float32"))
+    expected = np.zeros((4, 4), "float32")
+    expected[:, :3] = x[0, :, 1:, 0]
+    np.testing.assert_allclose(to_numpy(call_layer(layer, x))[0, ..., 0], expected, atol=1e-6)
+
+
 def test_integer_offset_shifts_the_sampling_grid():
     # A 1x1 deformable conv whose offset is (+1, -1) everywhere reads x[i+1, j-1].
     x = random_input((1, 5, 5, 1), seed=64)

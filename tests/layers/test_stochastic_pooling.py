@@ -1,5 +1,6 @@
 """StochasticPooling2D: harness, expectation and sampling against NumPy, gradients, TFLite."""
 
+import keras
 import numpy as np
 import pytest
 from scipy import stats
@@ -119,6 +120,48 @@ def test_seed_makes_draws_reproducible():
         to_numpy(call_layer(layer, x, training=True)),
     )
     assert not np.array_equal(first, second), "the seed generator did not advance"
+
+
+def test_restored_seed_state_replays_the_draws():
+    # Resume contract: the draws depend only on the seed generator's state,
+    # which advances once per call (as keras.random's would).
+    x = random_input((4, 8, 8, 3), seed=16, nonnegative=True)
+    layer = StochasticPooling2D(2, seed=7)
+    state = to_numpy(layer.seed_generator.state)
+    first = to_numpy(call_layer(layer, x, training=True))
+    np.testing.assert_array_equal(to_numpy(layer.seed_generator.state), state + [0, 1])
+    second = to_numpy(call_layer(layer, x, training=True))
+    layer.seed_generator.state.assign(state)
+    np.testing.assert_array_equal(to_numpy(call_layer(layer, x, training=True)), first)
+    np.testing.assert_array_equal(to_numpy(call_layer(layer, x, training=True)), second)
+
+
+def test_uniform_generator_is_uniform_and_fresh_per_call():
+    from kcnn.layers.stochastic_pooling import _hash_uniform
+
+    seed_generator = keras.random.SeedGenerator(3)
+    size = 1 << 16
+    a = to_numpy(_hash_uniform((size,), size, seed_generator.next())).astype("float64")
+    b = to_numpy(_hash_uniform((size,), size, seed_generator.next())).astype("float64")
+    assert 0.0 <= a.min() and a.max() < 1.0
+    assert stats.kstest(a, "uniform").pvalue > 1e-3
+    # Neighbouring counters, and the same counter in two calls: no dependence.
+    for first, second in ((a[:-1], a[1:]), (a, b)):
+        cells = (first * 16).astype(int) * 16 + (second * 16).astype(int)
+        assert stats.chisquare(np.bincount(cells, minlength=256)).pvalue > 1e-3
+
+
+@harness.requires_tensorflow
+def test_xla_draws_equal_graph_draws():
+    import tensorflow as tf
+
+    x = random_input((2, 8, 8, 3), seed=17, nonnegative=True)
+    layer = StochasticPooling2D(2, seed=4)
+    state = to_numpy(layer.seed_generator.state)
+    graph = tf.function(lambda v: layer(v, training=True))(x).numpy()
+    layer.seed_generator.state.assign(state)
+    xla = tf.function(lambda v: layer(v, training=True), jit_compile=True)(x).numpy()
+    np.testing.assert_array_equal(graph, xla)
 
 
 @pytest.mark.parametrize("training", [True, False])

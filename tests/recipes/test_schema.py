@@ -110,7 +110,7 @@ def test_type_names_agree_with_the_validator():
 def test_literal_values():
     assert literal_values(S.Export, "quantize") == ("none", "dynamic", "float16", "int8", "int16x8")
     assert literal_values(S.Export, "format") == ("tflite", "saved_model", "keras")
-    assert literal_values(S.Distribute, "strategy") == ("none", "mirrored", "multi_worker", "tpu")
+    assert literal_values(S.Distribute, "strategy") == ("none", "data_parallel", "mirrored", "multi_worker", "tpu")
     assert literal_values(S.Train, "verbose") == (0, 1, 2)  # Optional[Literal[...]]
     with pytest.raises(KeyError):
         literal_values(S.Export, "nope")
