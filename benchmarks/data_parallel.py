@@ -99,7 +99,8 @@ def wait(procs, work):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--batch", type=int, default=128, help="the job's global batch")
+    parser.add_argument("--batch", type=int, nargs="+", default=[128, 512],
+                        help="the job's global batch (several: one row each)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--images", type=int, default=3072)
     args = parser.parse_args()
@@ -120,23 +121,31 @@ def main() -> None:
         return path
 
     load_before = os.getloadavg()
-    half = args.batch // 2
     started = time.time()
-    # Two independent runs, one per core, each with half the global batch.
-    solo = recipe("solo", half, "none")
-    procs = [(f"solo{i}", launch(work, f"solo{i}", solo, i, base)) for i in (0, 1)]
-    wait(procs, work)
-    independent = [images_per_s(work, f"solo{i}", half) for i in (0, 1)]
-    # The two-process job, one process per core, global batch = both halves.
-    job = recipe("job", args.batch, "data_parallel")
-    env = {**base, "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{free_port()}",
-           "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
-    procs = [(f"job{i}", launch(work, f"job{i}", job, i, {**env, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)}))
-             for i in (0, 1)]
-    wait(procs, work)
-    joint = images_per_s(work, "job0", args.batch)
+    rows = []
+    for batch in args.batch:
+        half = batch // 2
+        # Two independent runs, one per core, each with half the global batch.
+        solo = recipe(f"solo{batch}", half, "none")
+        procs = [(f"solo{i}", launch(work, f"solo{i}", solo, i, base)) for i in (0, 1)]
+        wait(procs, work)
+        independent = [images_per_s(work, f"solo{i}", half) for i in (0, 1)]
+        # The two-process job, one process per core, global batch = both halves.
+        job = recipe(f"job{batch}", batch, "data_parallel")
+        env = {**base, "KERAS_DISTRIBUTION_JOB_ADDRESSES": f"127.0.0.1:{free_port()}",
+               "KERAS_DISTRIBUTION_NUM_PROCESSES": "2"}
+        procs = [(f"job{i}", launch(work, f"job{i}", job, i,
+                                    {**env, "KERAS_DISTRIBUTION_PROCESS_ID": str(i)}))
+                 for i in (0, 1)]
+        wait(procs, work)
+        joint = images_per_s(work, "job0", batch)
+        for tag in ("solo0", "solo1", "job0", "job1"):
+            shutil.rmtree(work / f"run-{tag}", ignore_errors=True)
+        ratio = joint / sum(independent)
+        rows.append(f"| {batch} | {half} | {sum(independent):.1f} ({independent[0]:.1f} + "
+                    f"{independent[1]:.1f}) | {joint:.1f} | **{ratio:.3f}** | "
+                    f"{'met' if ratio >= 0.9 else 'missed'} |")
     load_after = os.getloadavg()
-    ratio = joint / sum(independent)
 
     import jax
     import keras
@@ -144,23 +153,22 @@ def main() -> None:
     lines = [
         "# Two-process `data_parallel` throughput (JAX, CPU, gloo over loopback)",
         "",
-        f"`python benchmarks/data_parallel.py --model {args.model} --batch {args.batch} "
-        f"--epochs {args.epochs}`, {time.strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f} s.",
+        f"`python benchmarks/data_parallel.py --model {args.model} --batch "
+        f"{' '.join(map(str, args.batch))} --epochs {args.epochs}`, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {time.time() - started:.0f} s.",
         f"Machine: {cpu_name()}, {os.cpu_count()} cores; Python {sys.version.split()[0]}, "
         f"Keras {keras.__version__}, JAX {jax.__version__}; load average (1 min) "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after.",
         "",
         f"Synthetic CIFAR-shaped data ({args.images} images of 32×32×3), `{args.model}`, SGD with "
         f"momentum; images/s over every step after the first epoch (which compiles). Each process is "
-        f"pinned to its own core in both rows.",
+        f"pinned to its own core in both setups: two independent single-process runs (each with half "
+        f"the global batch, summed) and one two-process `data_parallel` job.",
         "",
-        "| setup | processes | batch per process | images/s |",
-        "|---|---|---|---|",
-        f"| two independent runs (sum) | 2 × 1 | {half} | {sum(independent):.1f} "
-        f"({independent[0]:.1f} + {independent[1]:.1f}) |",
-        f"| one `data_parallel` job | 2 | {half} (global {args.batch}) | {joint:.1f} |",
-        "",
-        f"Ratio job / independent: **{ratio:.3f}** (target ≥ 0.9: {'met' if ratio >= 0.9 else 'missed'}).",
+        "| global batch | batch per process | two independent runs (img/s) | `data_parallel` job "
+        "(img/s) | job / independent | target ≥ 0.9 |",
+        "|---|---|---|---|---|---|",
+        *rows,
         "",
     ]
     out = ROOT / "benchmarks" / "results" / "data_parallel.md"

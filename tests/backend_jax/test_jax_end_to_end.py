@@ -15,31 +15,17 @@ from kcnn.engine.train import train
 from kcnn.errors import Interrupted
 from kcnn.recipes import loads
 from tests.conftest import noise_lines
+from tests.engine.test_resume import REAL
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax",
                                 reason="the JAX pass of `make test` runs these")
 
-# Batch norm, dropout, stochastic pooling and augmentation: every random state a resume
-# must restore.
-RECIPE = """
-name: jax_real
-seed: 0
-data:
-  source: {type: digits}
-  samples_per_class: 12
-  preprocess: {rescale: 1/16, standardize: true}
-  augment: {crop_padding: 1, translate: 0.1, rotate: 5}
-  sampler: {type: class_balanced}
-model: {name: simple_cnn, filters: [6, 8], batch_norm: true, dropout: 0.3, pooling: stochastic}
-train:
-  epochs: 3
-  batch_size: 16
-  optimizer: {type: adam, lr: 0.01}
-  schedule: {type: cosine}
-  verbose: 0
-  callbacks: {tensorboard: false}
-evaluate: {plots: false}
-"""
+# The TensorFlow resume tests' recipe (batch norm, dropout, stochastic pooling, augmentation,
+# class-balanced sampler: every random state a resume must restore), smaller.
+RECIPE = (REAL.replace("name: real", "name: jax_real")
+          .replace("samples_per_class: 24", "samples_per_class: 12")
+          .replace("batch_size: 32", "batch_size: 16"))
+assert RECIPE.count("jax_real") == RECIPE.count("samples_per_class: 12") == 1
 
 
 class StopAt(keras.callbacks.Callback):

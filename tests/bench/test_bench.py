@@ -32,13 +32,15 @@ import sys
 sys.modules["tensorflow"] = None  # as on a machine without TensorFlow
 from kcnn.bench import bench_train
 from kcnn.recipes import load
-r = bench_train(load(sys.argv[1]), steps=6, warmup=2, batch_size=8, synthetic=True)
+recipe = load(sys.argv[1], ["train.precision=mixed_bfloat16"])  # what a GPU run would use
+r = bench_train(recipe, steps=6, warmup=2, batch_size=8, synthetic=True, compare_plain=True)
 assert "tensorflow" not in [m for m in sys.modules if sys.modules[m] is not None]
+assert r["precision"] == "mixed_bfloat16" and r["plain"]["timed_steps"] == 4 and r["ratio"] > 0
 print("BACKEND", r["backend"], r["pipeline"], r["kcnn"]["timed_steps"])
 """
 
 
-def test_synthetic_bench_runs_on_jax_without_tensorflow(tiny_recipe):
+def test_synthetic_bench_compares_plain_on_jax_in_bfloat16_without_tensorflow(tiny_recipe):
     env = {**ENV, "KERAS_BACKEND": "jax"}
     res = subprocess.run([sys.executable, "-c", NO_TF, str(tiny_recipe)], capture_output=True,
                          text=True, env=env, timeout=300)
