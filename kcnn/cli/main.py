@@ -77,6 +77,16 @@ SetOption = Annotated[
 ]
 
 
+def _exit(code: int):
+    """Exit with ``code``; inside a multi-process data_parallel job at once (the other
+    processes must see this one go, not wait for it in a collective)."""
+    from kcnn.engine.data_parallel import in_multi_process_job, leave_job
+
+    if in_multi_process_job():
+        leave_job(code)
+    raise typer.Exit(code) from None
+
+
 def user_errors(fn):
     """Turn KcnnError into one stderr line and exit code 2."""
 
@@ -90,18 +100,15 @@ def user_errors(fn):
             if err.run_path:  # stdout's last line stays the run dir, as scripts expect
                 typer.echo(err.run_path)
             typer.echo(err.message, err=True)
-            raise typer.Exit(err.exit_code) from None
+            _exit(err.exit_code)
         except KcnnError as err:
             if os.environ.get("KCNN_DEBUG") == "1":
                 raise
             typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from None
+            _exit(2)
         except JobFailed as err:
             typer.echo(f"error: {err}", err=True)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            # Skip the exit handlers: JAX's would wait for the dead process, then abort.
-            os._exit(err.exit_code)
+            _exit(err.exit_code)
 
     return wrapper
 

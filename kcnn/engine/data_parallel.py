@@ -102,7 +102,30 @@ def job_spec(cfg) -> JobSpec:
     host, _, port = addresses[0].rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise KcnnError(f"distribute.job_addresses: expected host:port (got {addresses[0]!r})")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise KcnnError(f"distribute.job_addresses: write an IPv6 address in brackets, e.g. "
+                        f"[{host}]:{port} (got {addresses[0]!r})")
     return JobSpec(addresses, num, pid, cfg.timeout)
+
+
+# The multi-process job this process belongs to, once JAX's distributed runtime started:
+# from then on an error must end the process at once (see :func:`leave_job`).
+_ACTIVE: dict[str, JobSpec | None] = {"spec": None}
+
+
+def in_multi_process_job() -> bool:
+    return _ACTIVE["spec"] is not None
+
+
+def leave_job(code: int) -> None:
+    """End this process now, skipping the interpreter's exit handlers: JAX's would wait in
+    a shutdown barrier for processes that are still waiting in a collective for this one.
+    Closing its connections makes the others fail fast with :class:`JobFailed`."""
+    import sys as _sys
+
+    _sys.stdout.flush()
+    _sys.stderr.flush()
+    os._exit(code)
 
 
 def chief_of(cfg) -> bool:
@@ -146,15 +169,15 @@ def handshake(spec: JobSpec, fingerprint: str) -> None:
 def _gather(spec: JobSpec, fingerprint: str) -> None:
     host, port = spec.coordinator
     where = f"{host}:{port}"
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        server.bind(("", port))
+        if socket.has_dualstack_ipv6():  # IPv6 and IPv4 coordinators alike
+            server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True,
+                                          backlog=spec.num_processes)
+        else:
+            server = socket.create_server(("", port), backlog=spec.num_processes)
     except OSError as err:
-        server.close()
         raise KcnnError(f"distribute: the coordinator (process 0) cannot listen on port {port} "
                         f"of {where} ({err.strerror or err}); is another job using it?") from None
-    server.listen(spec.num_processes)
     deadline = time.monotonic() + spec.timeout
     peers: dict[int, socket.socket] = {}
     problem = None
@@ -165,13 +188,17 @@ def _gather(spec: JobSpec, fingerprint: str) -> None:
                 conn, _ = server.accept()
             except (TimeoutError, OSError):
                 break
-            hello = _receive(conn, deadline)
+            # A port scanner or a health check sends nothing kcnn understands: ignore it.
+            hello = _receive(conn, min(deadline, time.monotonic() + 5.0))
+            if hello is None or not isinstance(hello.get("process_id"), int):
+                conn.close()
+                continue
             problem = _check_hello(hello, spec, fingerprint, peers)
-            if hello is not None and problem is None:
+            if problem is None:
                 peers[int(hello["process_id"])] = conn
             else:
                 with contextlib.suppress(OSError):
-                    _send(conn, {"ok": False, "error": problem or "bad handshake"})
+                    _send(conn, {"ok": False, "error": problem})
                 conn.close()
         if problem is None and len(peers) < spec.num_processes - 1:
             missing = sorted(set(range(1, spec.num_processes)) - set(peers))
@@ -191,8 +218,6 @@ def _gather(spec: JobSpec, fingerprint: str) -> None:
 
 
 def _check_hello(hello, spec: JobSpec, fingerprint: str, peers) -> str | None:
-    if hello is None or not isinstance(hello.get("process_id"), int):
-        return "a process sent a malformed handshake"
     pid, num = hello["process_id"], hello.get("num_processes")
     if num != spec.num_processes:
         return (f"process {pid} says the job has {num} processes, process 0 says "
@@ -215,7 +240,8 @@ def _join(spec: JobSpec, fingerprint: str) -> None:
         try:
             with socket.create_connection((host, port), timeout=2.0) as conn:
                 _send(conn, hello)
-                reply = _receive(conn, deadline)
+                # Process 0 answers within its own timeout, which began before this connection.
+                reply = _receive(conn, time.monotonic() + spec.timeout + 5.0)
         except OSError:
             reply = None
             if time.monotonic() >= deadline:
@@ -270,7 +296,7 @@ class DataParallelJob:
         except jax.errors.JaxRuntimeError as err:
             if not self.spec.multi_process:
                 raise
-            first = str(err).strip().splitlines()[0][:300]
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise JobFailed(
                 f"data_parallel: process {self.spec.process_id} of {self.spec.num_processes} lost "
                 f"contact with the job ({first}); another process probably died (its log says "
@@ -284,8 +310,10 @@ class DataParallelJob:
         from jax.experimental import multihost_utils
 
         buf = np.zeros(4096, dtype=np.uint8)
+        raw = (text or "").encode()
+        if self.spec.is_chief and len(raw) > len(buf):
+            raise KcnnError(f"data_parallel: the run dir path is longer than {len(buf)} bytes")
         if self.spec.is_chief:
-            raw = (text or "").encode()[:4096]
             buf[:len(raw)] = np.frombuffer(raw, dtype=np.uint8)
         with self.guard():
             out = np.asarray(multihost_utils.broadcast_one_to_all(buf))
@@ -324,7 +352,10 @@ def _initialize_jax(spec: JobSpec) -> None:
         jax.distributed.initialize(
             coordinator_address=spec.addresses[0], num_processes=spec.num_processes,
             process_id=spec.process_id, initialization_timeout=timeout,
-            heartbeat_timeout_seconds=timeout)
+            heartbeat_timeout_seconds=timeout,
+            # The others wait at exit while process 0 alone evaluates and writes the run.
+            shutdown_timeout_seconds=max(3600, timeout))
     except RuntimeError as err:
         raise KcnnError(f"distribute: JAX could not start the job ({str(err).splitlines()[0]})") from None
+    _ACTIVE["spec"] = spec
 

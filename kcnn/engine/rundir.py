@@ -59,11 +59,19 @@ class RunDir:
             path, n = base.with_name(f"{stamp}-{n}"), n + 1
         return path
 
+    @staticmethod
+    def check_new(path: str | Path) -> None:
+        """Refuse a run dir that exists and is not empty (before anything is started)."""
+        path = Path(path)
+        if path.is_dir() and any(path.iterdir()):
+            raise RunDirError(f"{path}: run dir already exists and is not empty (use --resume to continue it)")
+        if path.exists() and not path.is_dir():
+            raise RunDirError(f"{path}: exists and is not a directory")
+
     @classmethod
     def create(cls, path: str | Path) -> RunDir:
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
-            raise RunDirError(f"{path}: run dir already exists and is not empty (use --resume to continue it)")
+        cls.check_new(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / "checkpoints").mkdir(exist_ok=True)
         (path / "plots").mkdir(exist_ok=True)

@@ -63,15 +63,26 @@ def train(
 
 
 def _train(recipe, *, run_dir, resume, runs_root, callbacks, epochs=None) -> Path:
-    from kcnn.engine.distribute import scope
-
     run, recipe, state = reopen(resume, recipe, epochs)
     if run is not None and is_finished(recipe, state) and run.metrics_for(
             recipe.evaluate.split).is_file():
         print(finished_message(run, recipe, state), file=sys.stderr)
         return run.path
+    if run is None and run_dir is not None and writes_the_run(recipe):
+        RunDir.check_new(run_dir)  # refused before any process of a job starts
     strategy, tf_config, data = start(recipe, state)
     chief = is_chief(tf_config, strategy)
+    try:
+        return _run(recipe, state, run, strategy, tf_config, data, chief, run_dir=run_dir,
+                    resume=resume, runs_root=runs_root, callbacks=callbacks)
+    finally:
+        remove_scratch()
+
+
+def _run(recipe, state, run, strategy, tf_config, data, chief, *, run_dir, resume, runs_root,
+         callbacks) -> Path:
+    from kcnn.engine.distribute import scope
+
     with scope(strategy):
         # A run killed before its first checkpoint has nothing to restore: it warm-starts again.
         plan = prepare(recipe, data, state, resuming=bool(state.get("checkpoint")),
@@ -96,15 +107,39 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks, epochs=None) -> Pat
     return finalize(plan, run, checkpoint)
 
 
+def writes_the_run(recipe: Recipe) -> bool:
+    """Whether this process will write the run dir (known before any strategy starts)."""
+    from kcnn.engine.data_parallel import chief_of
+    from kcnn.engine.distribute import is_chief as tf_chief
+    from kcnn.engine.distribute import read_tf_config
+
+    if recipe.distribute.strategy == "multi_worker":
+        return tf_chief(read_tf_config())
+    return chief_of(recipe.distribute)
+
+
 def strategy_is_data_parallel(strategy) -> bool:
     from kcnn.engine.distribute import is_data_parallel
 
     return strategy is not None and is_data_parallel(strategy)
 
 
+_SCRATCH: list[Path] = []
+
+
 def scratch_dir() -> Path:
-    """Where a process that is not the chief keeps its (discarded) checkpoints."""
-    return Path(tempfile.mkdtemp(prefix="kcnn-worker-")) / "run"
+    """Where a data_parallel process other than 0 keeps its (discarded) checkpoints; removed
+    when training ends, however it ends."""
+    folder = Path(tempfile.mkdtemp(prefix="kcnn-worker-"))
+    _SCRATCH.append(folder)
+    return folder / "run"
+
+
+def remove_scratch() -> None:
+    import shutil
+
+    while _SCRATCH:
+        shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
 
 
 def chief_run_path(strategy, run: RunDir) -> Path:
@@ -117,9 +152,7 @@ def chief_run_path(strategy, run: RunDir) -> Path:
 def follower_done(scratch: RunDir, chief_run: Path) -> Path:
     """A data_parallel process other than 0: training is done and process 0 evaluates and
     writes the run, so the scratch checkpoints go."""
-    import shutil
-
-    shutil.rmtree(scratch.path.parent, ignore_errors=True)
+    remove_scratch()
     print(f"data_parallel: this process's part is done; process 0 writes {chief_run}",
           file=sys.stderr)
     return chief_run
@@ -227,16 +260,18 @@ def start(recipe: Recipe, state: dict[str, Any]):
 
     cfg = recipe.train
     check_batch_memory(recipe.data, cfg.batch_size)
-    # First: a multi-process JAX job must start before JAX computes anything.
-    strategy, tf_config = make_strategy(recipe.distribute, fingerprint(recipe))
-    setup_determinism(recipe.seed + 1009 * int(state.get("epoch", 0)), cfg.deterministic)
-    set_precision(cfg.precision)
+    # The data first: a process of a multi-process job that fails here fails alone, before
+    # the job starts (loading computes nothing with JAX).
     data = load_dataset(recipe.data)
     split = recipe.evaluate.split
     if len(data.split(split)) == 0:  # found now, not after the last epoch
         raise DataError(f"evaluate.split: the {split} split is empty (data.split.{split} is "
                         f"{getattr(recipe.data.split, split, None)}); choose another split to "
                         f"evaluate on or give it samples")
+    # Then the strategy: a multi-process JAX job must start before JAX computes anything.
+    strategy, tf_config = make_strategy(recipe.distribute, fingerprint(recipe))
+    setup_determinism(recipe.seed + 1009 * int(state.get("epoch", 0)), cfg.deterministic)
+    set_precision(cfg.precision)
     if strategy is not None:
         replicas = strategy.num_replicas_in_sync
         per_replica = check_global_batch(cfg.batch_size, replicas)
@@ -270,7 +305,7 @@ def open_run(plan: Plan, run_dir, runs_root, chief: bool = True) -> RunDir:
     recipe, setup = plan.recipe, plan.setup
     target = run_dir or RunDir.new_path(recipe.name, runs_root)
     if not chief:  # other workers write to a scratch dir; the chief's is the run
-        target = Path(tempfile.mkdtemp(prefix="kcnn-worker-")) / "run"
+        target = scratch_dir()
     run = RunDir.create(target)
     resolved = recipe.model_copy(update={"versions": versions()}, deep=True)
     resolved.distribute.process_id = None  # set per process by the launcher, never saved

@@ -61,6 +61,7 @@ def test_job_spec_reads_keras_environment_before_recipe_keys(clean_env):
     ({"num_processes": 2, "job_addresses": "nohost"}, {dp.ENV_PROCESS_ID: "0"}, "expected host:port"),
     ({}, {dp.ENV_PROCESSES: "two"}, "KERAS_DISTRIBUTION_NUM_PROCESSES: expected an integer"),
     ({"process_id": 1}, {}, "is not a process of a 1-process job"),
+    ({"num_processes": 2, "job_addresses": "::1:80"}, {dp.ENV_PROCESS_ID: "0"}, r"in brackets, e.g. \[::1\]:80"),
 ])
 def test_job_spec_errors_are_one_line(clean_env, keys, env, match):
     for key, value in env.items():
@@ -96,6 +97,38 @@ def _specs(n, ids, timeout=5.0):
 
 def test_handshake_meets_every_process():
     assert _handshake_all(_specs(3, [0, 1, 2]), ["r"] * 3) == {0: None, 1: None, 2: None}
+
+
+def test_handshake_ignores_a_stray_connection():
+    """A port scanner or health check on the coordinator's port does not end the job."""
+    specs = _specs(2, [0, 1], timeout=10.0)
+    host, port = specs[0].coordinator
+    results = {}
+    chief = threading.Thread(target=lambda: results.update(_handshake_all(specs[:1], ["r"])))
+    chief.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=1) as stray:
+                stray.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            break
+        except OSError:
+            time.sleep(0.05)
+    results.update(_handshake_all(specs[1:], ["r"]))
+    chief.join(30)
+    assert results == {0: None, 1: None}
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
+def test_handshake_over_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+            port = s.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    specs = [dp.JobSpec((f"[::1]:{port}",), 2, i, 5.0) for i in (0, 1)]
+    assert _handshake_all(specs, ["r", "r"]) == {0: None, 1: None}
 
 
 def test_handshake_refuses_a_different_recipe():
@@ -151,6 +184,20 @@ def test_unreachable_coordinator_exits_2_with_one_line(tiny_recipe, tmp_path):
         f"error: distribute: cannot reach the coordinator {env[dp.ENV_ADDRESSES]} (process 0) within "
         f"2 s; check the address, that process 0 is running, and the firewall"]
     assert not (tmp_path / "run").exists()
+
+
+def test_process_0_refuses_a_used_run_dir_before_the_job_starts(tiny_recipe, tmp_path):
+    """Found before the handshake, so the other processes are not left waiting in the job."""
+    used = tmp_path / "run"
+    used.mkdir()
+    (used / "old.txt").write_text("x")
+    env = {**JAX_ENV, dp.ENV_ADDRESSES: f"127.0.0.1:{free_port()}", dp.ENV_PROCESSES: "2",
+           dp.ENV_PROCESS_ID: "0"}
+    res = subprocess.run([*KCNN, "train", str(tiny_recipe), "--set", "distribute.strategy=data_parallel",
+                          "--run-dir", str(used)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: {used}: run dir already exists and is not empty (use --resume to continue it)"]
 
 
 # ----------------------------------------------------------------------------- two processes

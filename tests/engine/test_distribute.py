@@ -187,5 +187,19 @@ def test_a_patch_target_that_moved_is_one_line(monkeypatch):
     monkeypatch.setattr(tf_trainer, "reduce_per_replica", lambda values, strategy: values)
     problems = distribute.patch_target_problems()
     assert any("reduce_per_replica now takes ('values', 'strategy')" in p for p in problems)
-    with pytest.raises(KcnnError, match="multi_worker: kcnn's workaround for Keras .* does not fit"):
+    with pytest.raises(KcnnError, match="multi_worker: kcnn's workaround does not fit Keras"):
         distribute.patch_keras_multi_worker_reduce()
+
+
+def test_an_upstream_fix_skips_the_patch(monkeypatch, capsys):
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    from kcnn.engine import distribute
+
+    def reduce_per_replica(values, strategy, reduction):  # a Keras that reduces scalars itself
+        return values
+
+    monkeypatch.setattr(tf_trainer, "reduce_per_replica", reduce_per_replica)
+    distribute.patch_keras_multi_worker_reduce()
+    assert tf_trainer.reduce_per_replica is reduce_per_replica  # left alone
+    assert "workaround is not applied" in capsys.readouterr().err
