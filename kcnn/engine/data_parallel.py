@@ -121,10 +121,8 @@ def leave_job(code: int) -> None:
     """End this process now, skipping the interpreter's exit handlers: JAX's would wait in
     a shutdown barrier for processes that are still waiting in a collective for this one.
     Closing its connections makes the others fail fast with :class:`JobFailed`."""
-    import sys as _sys
-
-    _sys.stdout.flush()
-    _sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)
 
 
@@ -271,12 +269,6 @@ class DataParallelJob:
         import jax
 
         return jax.device_count()
-
-    @property
-    def local_replicas(self) -> int:
-        import jax
-
-        return jax.local_device_count()
 
     def scope(self):
         return self.distribution.scope()

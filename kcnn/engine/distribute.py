@@ -56,17 +56,14 @@ BUGGY_LINE = 'strategy.reduce("MEAN", v, axis=0)'
 
 def patch_target_problems() -> list[str]:
     """Why the multi_worker patches may no longer fit this Keras (empty: they fit)."""
-    import importlib
     import inspect
+    import pkgutil
 
     problems = []
     for dotted, params in PATCH_TARGETS.items():
-        module_name, _, attr_path = dotted.partition(".trainer.")
-        obj: Any = importlib.import_module(module_name + ".trainer")
         try:
-            for attr in attr_path.split("."):
-                obj = getattr(obj, attr)
-        except AttributeError:
+            obj = pkgutil.resolve_name(dotted)
+        except (ImportError, AttributeError):
             problems.append(f"{dotted} is gone")
             continue
         found = tuple(inspect.signature(obj).parameters)

@@ -68,10 +68,10 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks, epochs=None) -> Pat
             recipe.evaluate.split).is_file():
         print(finished_message(run, recipe, state), file=sys.stderr)
         return run.path
-    if run is None and run_dir is not None and writes_the_run(recipe):
+    chief = writes_the_run(recipe)
+    if run is None and run_dir is not None and chief:
         RunDir.check_new(run_dir)  # refused before any process of a job starts
     strategy, tf_config, data = start(recipe, state)
-    chief = is_chief(tf_config, strategy)
     try:
         return _run(recipe, state, run, strategy, tf_config, data, chief, run_dir=run_dir,
                     resume=resume, runs_root=runs_root, callbacks=callbacks)
@@ -81,7 +81,7 @@ def _train(recipe, *, run_dir, resume, runs_root, callbacks, epochs=None) -> Pat
 
 def _run(recipe, state, run, strategy, tf_config, data, chief, *, run_dir, resume, runs_root,
          callbacks) -> Path:
-    from kcnn.engine.distribute import scope
+    from kcnn.engine.distribute import is_data_parallel, scope
 
     with scope(strategy):
         # A run killed before its first checkpoint has nothing to restore: it warm-starts again.
@@ -92,17 +92,18 @@ def _run(recipe, state, run, strategy, tf_config, data, chief, *, run_dir, resum
         elif state.get("checkpoint"):
             restore_checkpoint(plan, run.checkpoints / state["checkpoint"], int(state["epoch"]) - 1,
                                state.get("rng"))
-        shown = chief_run_path(strategy, run)
+        shown = RunDir(chief_run_path(strategy, run))  # the run as the user knows it
+        # Other processes write to a scratch dir: a new run's ``run`` already is one.
         writes = run if chief or resume is None else RunDir.create(scratch_dir())
-        echo(header(plan, run if chief else RunDir(shown), resumed_from=int(state.get("epoch", 0))))
+        echo(header(plan, shown, resumed_from=int(state.get("epoch", 0))))
         checkpoint = make_checkpoint(plan, writes, state)
         all_callbacks = [*callbacks, *extra_callbacks(plan, writes)]
-        with interruptible(RunDir(shown), checkpoint):
+        with interruptible(shown, checkpoint):
             fit_phases(plan, checkpoint, all_callbacks, state, multi_worker=tf_config is not None)
-    if not chief and strategy_is_data_parallel(strategy):
+    if not chief and is_data_parallel(strategy):
         if checkpoint.nan_at is not None:
-            stopped(checkpoint, RunDir(shown))  # raises, as on process 0
-        return follower_done(writes, shown)
+            stopped(checkpoint, shown)  # raises, as on process 0
+        return follower_done(shown.path)
     stopped(checkpoint, run)
     return finalize(plan, run, checkpoint)
 
@@ -116,12 +117,6 @@ def writes_the_run(recipe: Recipe) -> bool:
     if recipe.distribute.strategy == "multi_worker":
         return tf_chief(read_tf_config())
     return chief_of(recipe.distribute)
-
-
-def strategy_is_data_parallel(strategy) -> bool:
-    from kcnn.engine.distribute import is_data_parallel
-
-    return strategy is not None and is_data_parallel(strategy)
 
 
 _SCRATCH: list[Path] = []
@@ -144,12 +139,13 @@ def remove_scratch() -> None:
 
 def chief_run_path(strategy, run: RunDir) -> Path:
     """The run dir process 0 writes, as every process of a data_parallel job knows it."""
-    if not strategy_is_data_parallel(strategy):
+    from kcnn.engine.distribute import is_data_parallel
+    if not is_data_parallel(strategy):
         return run.path
     return Path(strategy.broadcast_text(str(run.path)))
 
 
-def follower_done(scratch: RunDir, chief_run: Path) -> Path:
+def follower_done(chief_run: Path) -> Path:
     """A data_parallel process other than 0: training is done and process 0 evaluates and
     writes the run, so the scratch checkpoints go."""
     remove_scratch()
@@ -203,9 +199,7 @@ def reopen(resume, recipe: Recipe | None, epochs: int | None = None
     run = RunDir.open(resume)
     state, note = run.resume_state()
     recipe = load(run.recipe)
-    from kcnn.engine.data_parallel import chief_of
-
-    chief = chief_of(recipe.distribute)  # the other processes of a job only read the run
+    chief = writes_the_run(recipe)  # the other processes of a job only read the run
     if note and chief:
         print(note, file=sys.stderr)
     if chief:
@@ -287,16 +281,6 @@ def fingerprint(recipe: Recipe) -> str:
     shared = recipe.model_copy(update={"versions": None}, deep=True)
     shared.distribute.process_id = None
     return hashlib.sha256(dump(shared).encode()).hexdigest()
-
-
-def is_chief(tf_config, strategy=None) -> bool:
-    """Whether this process writes the run dir (the chief of TF_CONFIG, process 0 of a
-    data_parallel job)."""
-    from kcnn.engine.distribute import is_chief as chief
-
-    if strategy_is_data_parallel(strategy):
-        return strategy.spec.is_chief
-    return chief(tf_config)
 
 
 def open_run(plan: Plan, run_dir, runs_root, chief: bool = True) -> RunDir:
